@@ -1,0 +1,277 @@
+"""Flags, charset, `id_label` image loading and metrics.
+
+Every command-line flag of the project is declared here, once. Images are read
+from `<id>_<label>.<ext>` files into a streaming `tf.data` pipeline that keeps
+them uint8 until the graph; the model never opens a file.
+"""
+import ast
+import logging
+import os
+import re
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+flags = tf.compat.v1.flags
+
+# The model and its training (the original project's names and defaults).
+flags.DEFINE_boolean('restore', False, 'resume training from the latest checkpoint in checkpoint_dir')
+flags.DEFINE_string('checkpoint_dir', './checkpoint/', 'where checkpoints and the model architecture are kept')
+flags.DEFINE_float('initial_learning_rate', 1e-3, 'learning rate at step 0')
+flags.DEFINE_integer('image_height', 60, 'images are resized to this height')
+flags.DEFINE_integer('image_width', 180, 'images are resized to this width')
+flags.DEFINE_integer('image_channel', 1, '1: read images as grey, 3: as colour')
+flags.DEFINE_integer('cnn_count', 4, 'number of conv + batch norm + leaky ReLU + max-pool units')
+flags.DEFINE_integer('out_channels', 64, 'filters of the last conv unit')
+flags.DEFINE_integer('num_hidden', 128, 'units of each RNN layer')
+flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output dropout (training only)')
+flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir')
+flags.DEFINE_integer('batch_size', 40, 'images per step (train, val and infer)')
+flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps')
+flags.DEFINE_float('leakiness', 0.01, 'slope of the leaky ReLU for negative inputs')
+flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps')
+flags.DEFINE_float('decay_rate', 0.98, 'learning rate decay factor')
+flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
+flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
+flags.DEFINE_integer('decay_steps', 10000, 'the learning rate is multiplied by decay_rate every this many steps')
+flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
+flags.DEFINE_string('train_dir', './imgs/train/', 'folder of <id>_<label> training images')
+flags.DEFINE_string('val_dir', './imgs/val/', 'folder of <id>_<label> validation images')
+flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any file names)')
+flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
+flags.DEFINE_string('mode', 'train', 'main.py: train | val | infer; helper.py: rename | synth (its default: rename)')
+flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU, 1: on the first GPU')
+
+# New in this rebuild.
+flags.DEFINE_integer('max_stepsize', 0,
+                     'least number of RNN time steps: width pooling stops halving once another halving would '
+                     'drop below it (0: every conv unit halves the width, 12 steps at width 180)')
+flags.DEFINE_string('charset', '0123456789+-*()', 'the characters labels may contain')
+flags.DEFINE_enum('decoder', 'beam', ['beam', 'greedy'], 'CTC decoder for val and infer')
+flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
+flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writes')
+flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no limit)')
+flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
+flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
+
+# helper.py: dataset tools.
+flags.DEFINE_string('labels_file', './imgs/labels.txt', 'helper rename: labels of images_dir')
+flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
+flags.DEFINE_integer('train_size', 80000, 'helper rename: images copied to train_dir, the rest go to val_dir')
+flags.DEFINE_boolean('overwrite', False, 'helper: replace files that already exist')
+flags.DEFINE_string('out_dir', './imgs/synth/', 'helper synth: folder to write images into')
+flags.DEFINE_integer('num_images', 1000, 'helper synth: number of images to write')
+flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
+                  'helper synth: contest-style expressions or random strings of --charset')
+flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
+flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
+
+FLAGS = flags.FLAGS
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
+
+log = logging.getLogger('ocr')
+
+
+class UserError(Exception):
+    """A mistake in the user's flags, files or data; main prints it without a traceback."""
+
+
+def setup_logging():
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+
+
+# --- charset -----------------------------------------------------------------
+
+class Charset:
+    """Maps label characters to class ids 0..len-1; the CTC blank is class len."""
+
+    def __init__(self, characters):
+        if not characters:
+            raise UserError('--charset is empty')
+        repeated = sorted({c for c in characters if characters.count(c) > 1})
+        if repeated:
+            raise UserError('--charset=%r repeats %r' % (characters, ''.join(repeated)))
+        self.characters = characters
+        self.index = {c: i for i, c in enumerate(characters)}
+
+    @property
+    def num_classes(self):
+        return len(self.characters) + 1
+
+    def unknown(self, text):
+        return sorted(set(c for c in text if c not in self.index))
+
+    def encode(self, text):
+        return [self.index[c] for c in text]
+
+    def decode(self, ids):
+        return ''.join(self.characters[i] for i in ids if 0 <= i < len(self.characters))
+
+
+def sparse_tuple_from(sequences):
+    """Lists of class ids -> (indices [n, 2], values [n], dense_shape [2]) of a tf.SparseTensor."""
+    indices = [(row, col) for row, seq in enumerate(sequences) for col in range(len(seq))]
+    values = [v for seq in sequences for v in seq]
+    width = max((len(s) for s in sequences), default=0)
+    return (np.array(indices, dtype=np.int64).reshape(-1, 2), np.array(values, dtype=np.int32),
+            np.array([len(sequences), width], dtype=np.int64))
+
+
+def ctc_steps_needed(label):
+    """Least number of time steps CTC needs for a label: one per character plus a blank between repeats."""
+    return len(label) + sum(1 for a, b in zip(label, label[1:]) if a == b)
+
+
+# --- file names --------------------------------------------------------------
+
+def label_from_filename(name):
+    """`12_(3-7)*5.png` -> `(3-7)*5`: everything after the first `_` up to the extension."""
+    stem = os.path.splitext(os.path.basename(name))[0]
+    if '_' not in stem:
+        return None
+    return stem.split('_', 1)[1]
+
+
+def natural_key(name):
+    """Sort key that puts 2.png before 10.png."""
+    return [(0, int(part), '') if part.isdigit() else (1, 0, part.lower())
+            for part in re.split(r'(\d+)', name) if part]
+
+
+def list_images(directory, flag_name):
+    """Image files of a folder in natural order; a missing, empty or image-less folder is a UserError."""
+    if not os.path.isdir(directory):
+        raise UserError('--%s=%s: no such folder' % (flag_name, directory))
+    names = sorted(os.listdir(directory), key=natural_key)
+    images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
+              and os.path.isfile(os.path.join(directory, n))]
+    others = [n for n in names if n not in images]
+    if not images:
+        raise UserError('--%s=%s holds no images (%s)' % (flag_name, directory, '/'.join(IMAGE_EXTENSIONS)))
+    if others:
+        log.warning('warning: --%s=%s: ignoring %d entries that are not %s images, e.g. %s',
+                    flag_name, directory, len(others), '/'.join(IMAGE_EXTENSIONS), others[0])
+    return [os.path.join(directory, n) for n in images]
+
+
+def list_labelled_images(directory, flag_name, charset, time_steps):
+    """Paths and labels of the `<id>_<label>` images of a folder, checked against charset and time steps.
+
+    Nothing but file names is read. Every problem is reported at once, with the files at fault.
+    """
+    paths = list_images(directory, flag_name)
+    labels, problems = [], []
+    for path in paths:
+        name = os.path.basename(path)
+        label = label_from_filename(name)
+        if not label:
+            problems.append('%s: no label (expected <id>_<label>%s)' % (name, os.path.splitext(name)[1]))
+        elif charset.unknown(label):
+            problems.append('%s: label %r has %r, not in --charset=%r' % (
+                name, label, ''.join(charset.unknown(label)), charset.characters))
+        elif ctc_steps_needed(label) > time_steps:
+            problems.append('%s: label %r needs %d time steps, the model has %d '
+                            '(raise --max_stepsize or --image_width)' % (
+                                name, label, ctc_steps_needed(label), time_steps))
+        labels.append(label)
+    if problems:
+        shown = problems[:10] + (['... and %d more' % (len(problems) - 10)] if len(problems) > 10 else [])
+        raise UserError('--%s=%s: %d of %d images cannot be used:\n  %s' % (
+            flag_name, directory, len(problems), len(paths), '\n  '.join(shown)))
+    return paths, labels
+
+
+# --- images ------------------------------------------------------------------
+
+def read_image(path, height, width, channels):
+    """One image file -> (uint8 [height, width, channels], ok). An unreadable file gives zeros and ok=False."""
+    if isinstance(path, bytes):
+        path = path.decode()
+    data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else np.zeros(0, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        log.warning('warning: cannot read image %s', path)
+        return np.zeros((height, width, channels), np.uint8), False
+    interpolation = cv2.INTER_AREA if image.shape[0] > height or image.shape[1] > width else cv2.INTER_LINEAR
+    image = cv2.resize(image, (width, height), interpolation=interpolation)
+    return image.reshape(height, width, channels), True
+
+
+def image_dataset(paths, labels, batch_size, shape, shuffle=False, seed=0, repeat=1, keep_unreadable=False):
+    """A streaming pipeline of (images uint8 [batch, h, w, c], labels [batch], paths [batch], ok [batch]).
+
+    Only file names are held; images are decoded in parallel as batches are asked for. Unreadable images
+    are dropped (with a warning) unless keep_unreadable, when they come as zeros with ok=False.
+    The last batch is kept even when it is partial.
+    """
+    height, width, channels = shape
+
+    def decode(path, label):
+        image, ok = tf.numpy_function(lambda p: read_image(p, height, width, channels), [path],
+                                      [tf.uint8, tf.bool], stateful=False)
+        image.set_shape(shape)
+        ok.set_shape([])
+        return image, label, path, ok
+
+    labels = labels if labels is not None else [''] * len(paths)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if shuffle:
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat(repeat).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not keep_unreadable:
+        dataset = dataset.filter(lambda image, label, path, ok: ok)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# --- metrics -----------------------------------------------------------------
+
+def edit_distance(a, b):
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def accuracy_and_cer(predictions, labels):
+    """Sequence accuracy (exact matches / images) and character error rate (edits / label characters)."""
+    if not labels:
+        return 0.0, 0.0
+    correct = sum(p == t for p, t in zip(predictions, labels))
+    edits = sum(edit_distance(p, t) for p, t in zip(predictions, labels))
+    return correct / len(labels), edits / max(1, sum(len(t) for t in labels))
+
+
+# --- arithmetic --------------------------------------------------------------
+
+_ARITHMETIC = re.compile(r'[0-9+\-*()]+')
+_OPERATIONS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
+
+
+def expression_value(text):
+    """Value of an arithmetic expression of integers, + - * and parentheses; None for anything else.
+
+    The expression is parsed into a tree and only integer literals and the three binary operations are
+    evaluated; it is never passed to eval.
+    """
+    if not _ARITHMETIC.fullmatch(text or ''):
+        return None
+    try:
+        tree = ast.parse(text, mode='eval').body
+    except SyntaxError:
+        return None
+
+    def value(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATIONS:
+            left, right = value(node.left), value(node.right)
+            return None if left is None or right is None else _OPERATIONS[type(node.op)](left, right)
+        return None
+
+    return value(tree)
