@@ -55,6 +55,13 @@ flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no l
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
 flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
 
+# RNN variants.
+flags.DEFINE_enum('rnn_cell', 'lstm', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'],
+                  'RNN cell: LSTM, GRU, highway LSTM, recurrent highway network or nested LSTM')
+flags.DEFINE_integer('rnn_layers', 2, 'stacked RNN layers')
+flags.DEFINE_boolean('bidirectional', False, 'run a second RNN stack backwards and concatenate the two')
+flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn')
+
 # helper.py: dataset tools.
 flags.DEFINE_string('labels_file', './imgs/labels.txt', 'helper rename: labels of images_dir')
 flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
