@@ -8,6 +8,7 @@ import ast
 import logging
 import os
 import re
+import sys
 
 import cv2
 import numpy as np
@@ -39,6 +40,8 @@ flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
 flags.DEFINE_string('train_dir', './imgs/train/', 'folder of <id>_<label> training images')
 flags.DEFINE_string('val_dir', './imgs/val/', 'folder of <id>_<label> validation images')
 flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any file names)')
+# absl.logging declares a log_dir of its own for log files it only writes when asked to; this one replaces it.
+delattr(flags.FLAGS, 'log_dir')
 flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
 flags.DEFINE_string('mode', 'train', 'main.py: train | val | infer; helper.py: rename | synth (its default: rename)')
 flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU, 1: on the first GPU')
@@ -86,7 +89,14 @@ class UserError(Exception):
 
 
 def setup_logging():
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    """Plain messages: progress on stdout, warnings and errors on stderr; TensorFlow's own only when errors."""
+    progress = logging.StreamHandler(sys.stdout)
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    log.handlers = [progress, problems]
+    log.setLevel(logging.INFO)
+    log.propagate = False
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
 
 
@@ -207,29 +217,31 @@ def read_image(path, height, width, channels):
     return image.reshape(height, width, channels), True
 
 
-def image_dataset(paths, labels, batch_size, shape, shuffle=False, seed=0, repeat=1, keep_unreadable=False):
-    """A streaming pipeline of (images uint8 [batch, h, w, c], labels [batch], paths [batch], ok [batch]).
+def image_dataset(paths, labels, charset, batch_size, shape, shuffle=False, seed=0, repeat=1,
+                  keep_unreadable=False):
+    """A streaming pipeline of batches {images uint8 [b, h, w, c], labels [b], label_ids [b, n], paths [b], ok [b]}.
 
-    Only file names are held; images are decoded in parallel as batches are asked for. Unreadable images
-    are dropped (with a warning) unless keep_unreadable, when they come as zeros with ok=False.
-    The last batch is kept even when it is partial.
+    Only file names and labels are held; images are decoded in parallel as batches are asked for. label_ids
+    are the charset classes of each label padded with -1. Unreadable images are dropped (with a warning)
+    unless keep_unreadable, when they come as zeros with ok False. The last batch is kept even when partial.
     """
-    height, width, channels = shape
+    labels = labels if labels is not None else [''] * len(paths)
+    label_ids = np.full((len(labels), max(1, max(len(label) for label in labels))), -1, np.int32)
+    for row, label in enumerate(labels):
+        label_ids[row, :len(label)] = charset.encode(label)
 
-    def decode(path, label):
-        image, ok = tf.numpy_function(lambda p: read_image(p, height, width, channels), [path],
-                                      [tf.uint8, tf.bool], stateful=False)
+    def decode(path, label, ids):
+        image, ok = tf.numpy_function(lambda p: read_image(p, *shape), [path], [tf.uint8, tf.bool], stateful=False)
         image.set_shape(shape)
         ok.set_shape([])
-        return image, label, path, ok
+        return {'images': image, 'labels': label, 'label_ids': ids, 'paths': path, 'ok': ok}
 
-    labels = labels if labels is not None else [''] * len(paths)
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels, label_ids))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(repeat).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not keep_unreadable:
-        dataset = dataset.filter(lambda image, label, path, ok: ok)
+        dataset = dataset.filter(lambda batch: batch['ok'])
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

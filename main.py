@@ -1,0 +1,324 @@
+"""Command-line entry: `python main.py --mode=train|val|infer`.
+
+train: reads train_dir, validates on val_dir, saves checkpoints and the model architecture to checkpoint_dir.
+val: restores the model from checkpoint_dir and measures it on val_dir.
+infer: restores it and writes the reading of every image of infer_dir to infer_output.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ start-up chatter
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import cnn_lstm_otc_ocr as ocr  # noqa: E402
+import utils  # noqa: E402
+from utils import FLAGS, UserError, log  # noqa: E402
+
+v1 = tf.compat.v1
+
+ARCHITECTURE_FILE = 'architecture.json'
+CHECKPOINT_PREFIX = 'ocr-model'
+LOG_EVERY_STEPS = 10
+SAMPLES_SHOWN = 5
+
+
+# --- flags, devices and the architecture ---------------------------------------
+
+def check_flags():
+    """Flags whose values cannot work, each named with its value."""
+    if FLAGS.mode not in ('train', 'val', 'infer'):
+        raise UserError('--mode=%s: main.py runs train, val or infer' % FLAGS.mode)
+    at_least_one = ['batch_size', 'save_steps', 'validation_steps', 'decay_steps', 'beam_width', 'num_epochs']
+    for name in at_least_one:
+        if getattr(FLAGS, name) < 1:
+            raise UserError('--%s=%s: must be at least 1' % (name, getattr(FLAGS, name)))
+    for name in ('max_steps', 'num_gpus'):
+        if getattr(FLAGS, name) < 0:
+            raise UserError('--%s=%s: must be 0 or more' % (name, getattr(FLAGS, name)))
+    if not 0.0 < FLAGS.output_keep_prob <= 1.0:
+        raise UserError('--output_keep_prob=%s: must be in (0, 1]' % FLAGS.output_keep_prob)
+    if FLAGS.initial_learning_rate <= 0:
+        raise UserError('--initial_learning_rate=%s: must be positive' % FLAGS.initial_learning_rate)
+
+
+def check_architecture(arch):
+    for name in ('image_height', 'image_width', 'cnn_count', 'out_channels', 'num_hidden', 'rnn_layers',
+                 'rhn_depth'):
+        if getattr(arch, name) < 1:
+            raise UserError('--%s=%s: must be at least 1' % (name, getattr(arch, name)))
+    if arch.image_channel not in (1, 3):
+        raise UserError('--image_channel=%s: must be 1 (grey) or 3 (colour)' % arch.image_channel)
+    if not 0 <= arch.max_stepsize <= arch.image_width:
+        raise UserError('--max_stepsize=%s: must be between 0 and --image_width=%s' % (
+            arch.max_stepsize, arch.image_width))
+    utils.Charset(arch.charset)
+
+
+def model_device():
+    """'/cpu:0' for --num_gpus=0, '/gpu:0' for 1; GPUs that are not there are an error, never a fallback."""
+    if FLAGS.num_gpus == 0:
+        return '/cpu:0'
+    visible = tf.config.list_physical_devices('GPU')
+    if FLAGS.num_gpus > len(visible):
+        raise UserError('--num_gpus=%d but %d GPU(s) are visible: %s' % (
+            FLAGS.num_gpus, len(visible), ', '.join(d.name for d in visible) or 'none'))
+    if FLAGS.num_gpus > 1:
+        raise UserError('--num_gpus=%d: only 0 or 1 GPU is supported' % FLAGS.num_gpus)
+    return '/gpu:0'
+
+
+def architecture_from_flags():
+    return ocr.Architecture(**{name: getattr(FLAGS, name) for name in ocr.Architecture._fields})
+
+
+def load_architecture():
+    """The architecture saved in checkpoint_dir, or None when there is none."""
+    path = os.path.join(FLAGS.checkpoint_dir, ARCHITECTURE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as file:
+            saved = json.load(file)
+        return ocr.Architecture(**saved)
+    except (ValueError, TypeError) as error:
+        raise UserError('%s is not a valid architecture file of this version (%s)' % (path, error))
+
+
+def save_architecture(arch):
+    os.makedirs(FLAGS.checkpoint_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.checkpoint_dir, ARCHITECTURE_FILE), 'w') as file:
+        json.dump(arch._asdict(), file, indent=2)
+        file.write('\n')
+
+
+def resolve_architecture(saved):
+    """The saved architecture where there is one (a flag given on the command line must agree), else the flags."""
+    if saved is None:
+        arch = architecture_from_flags()
+    else:
+        conflicts = ['--%s=%r but the model in --checkpoint_dir=%s has %s=%r' % (
+            name, getattr(FLAGS, name), FLAGS.checkpoint_dir, name, getattr(saved, name))
+            for name in ocr.Architecture._fields
+            if FLAGS[name].present and getattr(FLAGS, name) != getattr(saved, name)]
+        if conflicts:
+            raise UserError('\n  '.join(['flags contradict the saved model:'] + conflicts))
+        arch = saved
+    check_architecture(arch)
+    return arch
+
+
+def latest_checkpoint():
+    return tf.train.latest_checkpoint(FLAGS.checkpoint_dir) if os.path.isdir(FLAGS.checkpoint_dir) else None
+
+
+def restore_model():
+    """Architecture and checkpoint path of the trained model in checkpoint_dir; none there is an error."""
+    checkpoint = latest_checkpoint()
+    if checkpoint is None:
+        raise UserError('no checkpoint in --checkpoint_dir=%s: train a model first (--mode=train) '
+                        'or point --checkpoint_dir at one' % FLAGS.checkpoint_dir)
+    saved = load_architecture()
+    if saved is None:
+        log.warning('warning: %s has no %s; building the model from the flags', FLAGS.checkpoint_dir,
+                    ARCHITECTURE_FILE)
+    return resolve_architecture(saved), checkpoint
+
+
+def session_config():
+    return v1.ConfigProto(allow_soft_placement=True)
+
+
+# --- reading -------------------------------------------------------------------
+
+def build_reader(arch, dataset, mode):
+    """A model in mode 'val' or 'infer' that reads a dataset: its iterator and the tensors to fetch."""
+    iterator = v1.data.make_initializable_iterator(dataset)
+    batch = iterator.get_next()
+    with tf.device(model_device()), v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
+        model = ocr.LSTMOCR(mode, arch)
+        decoded = model.decode(model.logits(batch['images']), FLAGS.decoder, FLAGS.beam_width)
+    return iterator.initializer, {'decoded': decoded, 'labels': batch['labels'], 'paths': batch['paths'],
+                                  'ok': batch['ok']}
+
+
+def read_all(session, reader, charset, on_batch=None):
+    """Runs a reader over its whole dataset: lists of predictions, labels, paths and readable flags."""
+    initializer, fetches = reader
+    session.run(initializer)
+    results = {'predictions': [], 'labels': [], 'paths': [], 'ok': []}
+    while True:
+        try:
+            batch = session.run(fetches)
+        except tf.errors.OutOfRangeError:
+            return results
+        results['predictions'] += [charset.decode(row) for row in batch['decoded']]
+        results['labels'] += [label.decode() for label in batch['labels']]
+        results['paths'] += [path.decode() for path in batch['paths']]
+        results['ok'] += list(batch['ok'])
+        if on_batch:
+            on_batch(len(results['paths']))
+
+
+def report_validation(results, step=None):
+    """Logs accuracy, CER and a few predictions (wrong ones first); returns (accuracy, cer)."""
+    predictions, labels = results['predictions'], results['labels']
+    accuracy, cer = utils.accuracy_and_cer(predictions, labels)
+    where = 'step %d: ' % step if step is not None else ''
+    log.info('%svalidation accuracy %.4f, CER %.4f on %d images', where, accuracy, cer, len(labels))
+    order = sorted(range(len(labels)), key=lambda i: predictions[i] == labels[i])
+    for i in order[:SAMPLES_SHOWN]:
+        log.info('  %-30s label %-12s read %-12s %s', os.path.basename(results['paths'][i]), labels[i],
+                 predictions[i], 'ok' if predictions[i] == labels[i] else 'WRONG')
+    return accuracy, cer
+
+
+def labelled_set(directory, flag_name, arch, charset, batch_size, **options):
+    paths, labels = utils.list_labelled_images(directory, flag_name, charset, ocr.time_steps(arch))
+    shape = (arch.image_height, arch.image_width, arch.image_channel)
+    return utils.image_dataset(paths, labels, charset, batch_size, shape, **options), len(paths)
+
+
+# --- modes ---------------------------------------------------------------------
+
+def train():
+    checkpoint = latest_checkpoint()
+    if FLAGS.restore and checkpoint is None:
+        raise UserError('--restore: no checkpoint in --checkpoint_dir=%s' % FLAGS.checkpoint_dir)
+    if not FLAGS.restore and checkpoint is not None:
+        raise UserError('--checkpoint_dir=%s already holds a trained model (%s): pass --restore to continue '
+                        'training it, or choose another --checkpoint_dir' % (FLAGS.checkpoint_dir, checkpoint))
+    arch = resolve_architecture(load_architecture() if FLAGS.restore else None)
+    charset = utils.Charset(arch.charset)
+    train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
+                                           shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs)
+    val_data, val_count = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
+    log.info('training on %d images of %s, validating on %d of %s; %d time steps, %d classes',
+             train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
+
+    v1.set_random_seed(FLAGS.seed)
+    batch = v1.data.make_one_shot_iterator(train_data).get_next()
+    global_step = v1.train.get_or_create_global_step()
+    with tf.device(model_device()), v1.variable_scope('ocr'):
+        model = ocr.LSTMOCR('train', arch, FLAGS.output_keep_prob)
+        loss = model.loss(model.logits(batch['images']), batch['label_ids'])
+        rate = ocr.learning_rate(global_step, FLAGS.initial_learning_rate, FLAGS.decay_steps, FLAGS.decay_rate)
+        step_op = ocr.train_op(loss, ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2,
+                                                   FLAGS.momentum), global_step)
+    with tf.control_dependencies([step_op]):
+        next_step = global_step.read_value()
+    validator = build_reader(arch, val_data, 'val')
+    summaries = v1.summary.merge([v1.summary.scalar('loss', loss), v1.summary.scalar('learning_rate', rate)])
+    saver = v1.train.Saver(max_to_keep=5)
+    writer = v1.summary.FileWriter(FLAGS.log_dir, v1.get_default_graph())
+
+    with v1.Session(config=session_config()) as session:
+        session.run(v1.global_variables_initializer())
+        if FLAGS.restore:
+            saver.restore(session, checkpoint)
+            log.info('restored %s at step %d', checkpoint, session.run(global_step))
+        save_architecture(arch)
+
+        def validate(step):
+            accuracy, cer = report_validation(read_all(session, validator, charset), step)
+            writer.add_summary(v1.Summary(value=[v1.Summary.Value(tag='val/accuracy', simple_value=accuracy),
+                                                 v1.Summary.Value(tag='val/cer', simple_value=cer)]), step)
+
+        def save(step):
+            saver.save(session, os.path.join(FLAGS.checkpoint_dir, CHECKPOINT_PREFIX), global_step=step)
+            log.info('step %d: saved checkpoint to %s', step, FLAGS.checkpoint_dir)
+
+        step = session.run(global_step)
+        saved_step = validated_step = step
+        if FLAGS.max_steps and step >= FLAGS.max_steps:
+            log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
+            return
+        started, started_step = time.time(), step
+        try:
+            while not FLAGS.max_steps or step < FLAGS.max_steps:
+                loss_value, rate_value, step, summary = session.run([loss, rate, next_step, summaries])
+                if not np.isfinite(loss_value):
+                    raise UserError('step %d: the loss is %s; stopped without saving' % (step, loss_value))
+                if step % LOG_EVERY_STEPS == 0 or step == started_step + 1:
+                    speed = (step - started_step) * FLAGS.batch_size / (time.time() - started)
+                    log.info('step %d epoch %.2f loss %.4f lr %.6f %.1f images/s', step,
+                             step * FLAGS.batch_size / train_count, loss_value, rate_value, speed)
+                    writer.add_summary(summary, step)
+                    started, started_step = time.time(), step
+                if step % FLAGS.validation_steps == 0:
+                    validate(step)
+                    validated_step = step
+                if step % FLAGS.save_steps == 0:
+                    save(step)
+                    saved_step = step
+        except tf.errors.OutOfRangeError:
+            log.info('finished --num_epochs=%d', FLAGS.num_epochs)
+        except KeyboardInterrupt:
+            log.info('interrupted at step %d', step)
+        if step != saved_step:
+            save(step)
+        if step != validated_step:
+            validate(step)
+        writer.close()
+
+
+def validate_mode():
+    arch, checkpoint = restore_model()
+    charset = utils.Charset(arch.charset)
+    val_data, _ = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
+    reader = build_reader(arch, val_data, 'val')
+    with v1.Session(config=session_config()) as session:
+        v1.train.Saver().restore(session, checkpoint)
+        log.info('restored %s', checkpoint)
+        results = read_all(session, reader, charset)
+    accuracy, cer = report_validation(results)
+    print('accuracy=%.4f cer=%.4f images=%d' % (accuracy, cer, len(results['labels'])))
+
+
+def infer():
+    arch, checkpoint = restore_model()
+    charset = utils.Charset(arch.charset)
+    paths = utils.list_images(FLAGS.infer_dir, 'infer_dir')
+    output_dir = os.path.dirname(os.path.abspath(FLAGS.infer_output))
+    if not os.path.isdir(output_dir):
+        raise UserError('--infer_output=%s: no such folder %s' % (FLAGS.infer_output, output_dir))
+    shape = (arch.image_height, arch.image_width, arch.image_channel)
+    reader = build_reader(arch, utils.image_dataset(paths, None, charset, FLAGS.batch_size, shape,
+                                                    keep_unreadable=True), 'infer')
+
+    def progress(done):
+        if done == len(paths) or done // FLAGS.batch_size % LOG_EVERY_STEPS == 0:
+            log.info('infer: %d/%d images', done, len(paths))
+
+    with v1.Session(config=session_config()) as session:
+        v1.train.Saver().restore(session, checkpoint)
+        log.info('restored %s; reading %d images of %s', checkpoint, len(paths), FLAGS.infer_dir)
+        results = read_all(session, reader, charset, progress)
+    with open(FLAGS.infer_output, 'w') as output:
+        for path, prediction, ok in zip(results['paths'], results['predictions'], results['ok']):
+            prediction = prediction if ok else ''
+            value = utils.expression_value(prediction)
+            output.write('%s\t%s\t%s\n' % (os.path.basename(path), prediction, '' if value is None else value))
+    unreadable = results['ok'].count(False)
+    log.info('wrote %d readings to %s%s', len(paths), FLAGS.infer_output,
+             ' (%d unreadable images have empty readings)' % unreadable if unreadable else '')
+
+
+def main(argv):
+    utils.setup_logging()
+    try:
+        if len(argv) > 1:
+            raise UserError('unknown flags or arguments: %s (see python main.py --helpfull)' % ' '.join(argv[1:]))
+        check_flags()
+        {'train': train, 'val': validate_mode, 'infer': infer}[FLAGS.mode]()
+    except UserError as error:
+        log.error('error: %s', error)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    v1.disable_eager_execution()
+    v1.app.run(main)

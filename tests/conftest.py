@@ -1,0 +1,55 @@
+"""Small generated data sets and a way to run the command line as a user does."""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+tf.compat.v1.disable_eager_execution()
+
+# A small model that trains in seconds: 32x96 grey images, 3 conv units -> 12 time steps.
+SMALL_MODEL_FLAGS = ['--image_height=32', '--image_width=96', '--cnn_count=3', '--out_channels=32',
+                     '--num_hidden=32', '--rnn_layers=1']
+
+
+def write_text_images(folder, labels, names=None, size=(32, 96), seed=0):
+    """One image per label, the text drawn with OpenCV; names default to `<index>_<label>.png`."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, label in enumerate(labels):
+        height, width = size
+        image = np.full((height, width, 3), 255, np.uint8)
+        scale = 0.7 * height / 32
+        x, y = int(rng.integers(0, 6)), int(height * 0.7 + rng.integers(-2, 3))
+        cv2.putText(image, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2)
+        name = names[index] if names else '%d_%s.png' % (index, label)
+        paths.append(os.path.join(folder, name))
+        cv2.imwrite(paths[-1], image)
+    return paths
+
+
+def random_labels(count, charset='0123456789', min_len=2, max_len=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return [''.join(rng.choice(list(charset), rng.integers(min_len, max_len + 1))) for _ in range(count)]
+
+
+def run_cli(*args, script='main.py'):
+    """Runs a script of the repository as a user does; returns the finished process (text output)."""
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """train (50), val (23) and infer (11, unlabelled names) folders of small digit images."""
+    write_text_images(str(tmp_path / 'train'), random_labels(50, seed=1))
+    write_text_images(str(tmp_path / 'val'), random_labels(23, seed=2))
+    infer_labels = random_labels(11, seed=3)
+    write_text_images(str(tmp_path / 'infer'), infer_labels, names=['%d.png' % i for i in range(11)])
+    return tmp_path

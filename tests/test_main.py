@@ -1,0 +1,141 @@
+"""main.py end to end, run as a user runs it: train -> checkpoint -> val -> infer -> --restore, and bad input."""
+import json
+import os
+import re
+
+import pytest
+
+from conftest import SMALL_MODEL_FLAGS, random_labels, run_cli, write_text_images
+
+
+def folders(tmp_path):
+    return ['--train_dir=%s' % (tmp_path / 'train'), '--val_dir=%s' % (tmp_path / 'val'),
+            '--infer_dir=%s' % (tmp_path / 'infer'), '--checkpoint_dir=%s' % (tmp_path / 'checkpoint'),
+            '--log_dir=%s' % (tmp_path / 'log'), '--infer_output=%s' % (tmp_path / 'result.txt'),
+            '--charset=0123456789']
+
+
+def train(tmp_path, *extra):
+    return run_cli('--mode=train', '--batch_size=16', '--validation_steps=2', '--save_steps=3', '--max_steps=4',
+                   *SMALL_MODEL_FLAGS, *folders(tmp_path), *extra)
+
+
+@pytest.fixture
+def trained(dataset):
+    result = train(dataset)
+    assert result.returncode == 0, result.stderr
+    return dataset, result
+
+
+def test_train_logs_validates_and_saves(trained):
+    tmp_path, result = trained
+    assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.001000 [\d.]+ images/s', result.stdout)
+    assert 'step 2: validation accuracy' in result.stdout and ' label ' in result.stdout
+    saved = os.listdir(tmp_path / 'checkpoint')
+    assert 'ocr-model-3.index' in saved and 'ocr-model-4.index' in saved
+    assert os.listdir(tmp_path / 'log'), 'no TensorBoard summaries written'
+    architecture = json.loads((tmp_path / 'checkpoint' / 'architecture.json').read_text())
+    assert architecture['image_width'] == 96 and architecture['charset'] == '0123456789'
+
+
+def test_val_prints_its_figures_last(trained):
+    tmp_path, _ = trained
+    result = run_cli('--mode=val', '--batch_size=5', *folders(tmp_path))  # no architecture flags repeated
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r'accuracy=[\d.]+ cer=[\d.]+ images=23', result.stdout.strip().splitlines()[-1])
+
+
+def test_infer_writes_every_image_in_natural_order_with_a_partial_batch(trained):
+    tmp_path, _ = trained
+    (tmp_path / 'result.txt').write_text('stale line\n')
+    result = run_cli('--mode=infer', '--batch_size=4', '--decoder=greedy', *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / 'result.txt').read_text().splitlines()
+    assert [line.split('\t')[0] for line in lines] == ['%d.png' % i for i in range(11)]
+    assert all(re.fullmatch(r'\d+\.png\t[0-9]*\t-?\d*', line) for line in lines), lines
+    assert 'infer: 11/11 images' in result.stdout
+
+
+def test_restore_continues_the_global_step(trained):
+    tmp_path, _ = trained
+    result = train(tmp_path, '--restore', '--max_steps=6')
+    assert result.returncode == 0, result.stderr
+    assert 'at step 4' in result.stdout and 'step 5 ' in result.stdout and 'step 1 ' not in result.stdout
+    assert 'ocr-model-6.index' in os.listdir(tmp_path / 'checkpoint')
+
+
+def test_training_again_without_restore_keeps_the_model(trained):
+    tmp_path, _ = trained
+    result = train(tmp_path)
+    assert result.returncode == 2
+    assert 'already holds a trained model' in result.stderr and '--restore' in result.stderr
+
+
+def test_flag_contradicting_the_saved_model_is_refused(trained):
+    tmp_path, _ = trained
+    result = run_cli('--mode=infer', '--image_width=180', *folders(tmp_path))
+    assert result.returncode == 2
+    assert '--image_width=180 but the model' in result.stderr and 'image_width=96' in result.stderr
+
+
+def test_unreadable_images_are_warned_about_and_kept_empty_in_infer(trained):
+    tmp_path, _ = trained
+    (tmp_path / 'infer' / '5.png').write_bytes(b'garbage')
+    result = run_cli('--mode=infer', *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert '5.png' in result.stderr
+    lines = (tmp_path / 'result.txt').read_text().splitlines()
+    assert len(lines) == 11 and lines[5] == '5.png\t\t'
+
+
+def test_unreadable_training_image_is_skipped_with_a_warning(dataset):
+    (dataset / 'train' / '0_123.png').write_bytes(b'garbage')
+    result = train(dataset, '--max_steps=1')
+    assert result.returncode == 0, result.stderr
+    assert 'cannot read image' in result.stderr and '0_123.png' in result.stderr
+
+
+def test_label_outside_charset_is_refused_before_training(dataset):
+    write_text_images(str(dataset / 'train'), ['12'], names=['99_1x2.png'])
+    result = train(dataset)
+    assert result.returncode == 2
+    assert "99_1x2.png: label '1x2' has 'x'" in result.stderr
+    assert not (dataset / 'checkpoint').exists()
+
+
+def test_label_too_long_names_the_file_and_the_fix(dataset):
+    write_text_images(str(dataset / 'train'), ['1'], names=['99_1234567890123.png'])
+    result = train(dataset)
+    assert result.returncode == 2
+    assert '99_1234567890123.png' in result.stderr and '--max_stepsize' in result.stderr
+
+
+@pytest.mark.parametrize('mode', ['val', 'infer'])
+def test_no_checkpoint_is_an_error_not_random_weights(dataset, mode):
+    result = run_cli('--mode=%s' % mode, *folders(dataset))
+    assert result.returncode == 2
+    assert 'no checkpoint in --checkpoint_dir=%s' % (dataset / 'checkpoint') in result.stderr
+    assert not (dataset / 'result.txt').exists()
+
+
+def test_missing_and_empty_folders(dataset):
+    result = train(dataset, '--train_dir=%s' % (dataset / 'nope'))
+    assert result.returncode == 2 and '--train_dir=%s: no such folder' % (dataset / 'nope') in result.stderr
+    os.makedirs(dataset / 'empty')
+    result = train(dataset, '--val_dir=%s' % (dataset / 'empty'))
+    assert result.returncode == 2 and '--val_dir=%s holds no images' % (dataset / 'empty') in result.stderr
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--num_gpus=64', '--num_gpus=64 but '),
+    ('--max_stepsze=20', 'unknown flags or arguments: --max_stepsze=20'),
+    ('--batch_size=0', '--batch_size=0: must be at least 1'),
+    ('--image_channel=2', '--image_channel=2: must be 1'),
+    ('--max_stepsize=500', '--max_stepsize=500: must be between 0 and --image_width=96'),
+    ('--mode=rename', '--mode=rename: main.py runs train, val or infer'),
+])
+def test_bad_flags_are_named(dataset, flag, message):
+    result = train(dataset, flag)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert 'Traceback' not in result.stderr

@@ -1,0 +1,109 @@
+"""cnn_lstm_otc_ocr.py: the time-step rule, any batch size, labels to CTC, and a model that learns."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cnn_lstm_otc_ocr as ocr
+import utils
+from conftest import random_labels, write_text_images
+
+v1 = tf.compat.v1
+DEFAULT = ocr.Architecture(image_height=60, image_width=180, image_channel=1, charset='0123456789+-*()',
+                           cnn_count=4, out_channels=64, num_hidden=128, leakiness=0.01, max_stepsize=0,
+                           rnn_cell='lstm', rnn_layers=2, bidirectional=False, rhn_depth=3)
+SMALL = DEFAULT._replace(image_height=32, image_width=96, cnn_count=3, out_channels=32, num_hidden=32,
+                         charset='0123456789', rnn_layers=1)
+
+
+@pytest.mark.parametrize('width, cnn_count, max_stepsize, steps', [
+    (180, 4, 0, 12), (180, 4, 12, 12), (180, 4, 13, 23), (180, 4, 30, 45), (180, 4, 180, 180),
+    (96, 3, 0, 12), (100, 4, 0, 7), (256, 4, 20, 32)])
+def test_width_halves_until_it_would_drop_below_max_stepsize(width, cnn_count, max_stepsize, steps):
+    arch = DEFAULT._replace(image_width=width, cnn_count=cnn_count, max_stepsize=max_stepsize)
+    assert ocr.time_steps(arch) == steps
+
+
+def test_conv_table_filters_and_feature_shape():
+    assert [unit[1] for unit in ocr.conv_units(DEFAULT)] == [64, 128, 128, 64]
+    assert [unit[1] for unit in ocr.conv_units(DEFAULT._replace(cnn_count=6, out_channels=32))] == \
+        [64, 128, 128, 128, 128, 32]
+    assert ocr.feature_shape(DEFAULT) == (12, 4, 64)  # 60 -> 30 -> 15 -> 8 -> 4 rows of 64 channels
+
+
+def build(arch, mode):
+    images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
+    label_ids = v1.placeholder(tf.int32, [None, None])
+    with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
+        model = ocr.LSTMOCR(mode, arch, keep_prob=0.8)
+        logits = model.logits(images)
+        return images, label_ids, logits, model.loss(logits, label_ids), model.decode(logits, 'greedy')
+
+
+@pytest.mark.parametrize('batch_size', [1, 7])
+def test_graph_takes_any_batch_size(batch_size):
+    with tf.Graph().as_default():
+        images, label_ids, logits, loss, decoded = build(DEFAULT, 'infer')
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            feed = {images: np.zeros((batch_size, 60, 180, 1), np.uint8),
+                    label_ids: np.tile([[1, 2, 3, -1]], (batch_size, 1))}
+            logits_value, loss_value, decoded_value = session.run([logits, loss, decoded], feed)
+    assert logits_value.shape == (12, batch_size, 16)
+    assert np.isfinite(loss_value)
+    assert decoded_value.shape[0] == batch_size
+
+
+def test_dense_to_sparse_skips_padding_but_keeps_class_zero():
+    with tf.Graph().as_default(), v1.Session() as session:
+        sparse = session.run(ocr.dense_to_sparse(tf.constant([[0, 5, -1], [-1, -1, -1], [2, 0, 0]])))
+    assert sparse.indices.tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [2, 2]]
+    assert sparse.values.tolist() == [0, 5, 2, 0, 0]
+    assert sparse.dense_shape.tolist() == [3, 3]
+
+
+def test_batch_norm_updates_moving_statistics_only_in_training():
+    with tf.Graph().as_default():
+        images, label_ids, _, loss, _ = build(SMALL, 'train')
+        global_step = v1.train.get_or_create_global_step()
+        step = ocr.train_op(loss, ocr.optimizer('adam', 1e-3, 0.9, 0.999, 0.9), global_step)
+        _, _, eval_logits, _, _ = build(SMALL, 'val')
+        moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
+        feed = {images: np.random.default_rng(0).integers(0, 255, (4, 32, 96, 1)).astype(np.uint8),
+                label_ids: [[1, 2]] * 4}
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            session.run(eval_logits, feed)
+            assert not session.run(moving_mean).any()
+            session.run(step, feed)
+            assert session.run(moving_mean).any()
+
+
+@pytest.mark.parametrize('decoder', ['beam', 'greedy'])
+def test_model_overfits_a_small_set(tmp_path, decoder):
+    """Loss, labels and decoder agree: 32 images are learnt to 100% sequence accuracy."""
+    labels = random_labels(32, seed=5)
+    paths = write_text_images(str(tmp_path), labels, seed=5)
+    charset = utils.Charset(SMALL.charset)
+    with tf.Graph().as_default():
+        v1.set_random_seed(0)
+        train_batch = v1.data.make_one_shot_iterator(utils.image_dataset(
+            paths, labels, charset, 16, (32, 96, 1), shuffle=True, repeat=-1)).get_next()
+        eval_batch = v1.data.make_initializable_iterator(utils.image_dataset(paths, labels, charset, 32,
+                                                                             (32, 96, 1)))
+        with v1.variable_scope('ocr'):
+            model = ocr.LSTMOCR('train', SMALL, keep_prob=1.0)
+            loss = model.loss(model.logits(train_batch['images']), train_batch['label_ids'])
+        step = ocr.train_op(loss, ocr.optimizer('adam', 3e-3, 0.9, 0.999, 0.9), v1.train.get_or_create_global_step())
+        eval_next = eval_batch.get_next()
+        with v1.variable_scope('ocr', reuse=True):
+            reader = ocr.LSTMOCR('val', SMALL)
+            decoded = reader.decode(reader.logits(eval_next['images']), decoder)
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            for _ in range(400):
+                session.run(step)
+            session.run(eval_batch.initializer)
+            predicted, truth = session.run([decoded, eval_next['labels']])
+    predictions = [charset.decode(row) for row in predicted]
+    accuracy, _ = utils.accuracy_and_cer(predictions, [t.decode() for t in truth])
+    assert accuracy == 1.0, list(zip(predictions, truth))

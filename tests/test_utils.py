@@ -1,0 +1,152 @@
+"""utils.py: label parsing, charset, sparse labels, metrics, folder checks and the image pipeline."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import utils
+from conftest import write_text_images
+
+CHARSET = utils.Charset('0123456789+-*()')
+
+
+@pytest.mark.parametrize('name, label', [
+    ('12_(3-7)*5.png', '(3-7)*5'), ('a_b_c.jpg', 'b_c'), ('/x/y/7_42.JPEG', '42'), ('3_.png', ''),
+    ('nolabel.png', None)])
+def test_label_is_everything_after_the_first_underscore(name, label):
+    assert utils.label_from_filename(name) == label
+
+
+def test_natural_order_puts_2_before_10():
+    assert sorted(['10.png', '2.png', 'a1.png', '1.png'], key=utils.natural_key) == \
+        ['1.png', '2.png', '10.png', 'a1.png']
+
+
+def test_charset_round_trip_and_blank():
+    ids = CHARSET.encode('(3-7)*5')
+    assert ids == [13, 3, 11, 7, 14, 12, 5]
+    assert CHARSET.decode(ids) == '(3-7)*5'
+    assert CHARSET.num_classes == 16
+    assert CHARSET.decode([15, -1, 1]) == '1'  # blank and padding are not characters
+    assert CHARSET.unknown('1a+b') == ['a', 'b']
+
+
+def test_charset_refuses_empty_and_repeated():
+    with pytest.raises(utils.UserError, match='empty'):
+        utils.Charset('')
+    with pytest.raises(utils.UserError, match="repeats '1'"):
+        utils.Charset('0121')
+
+
+def test_sparse_tuple_from_lists_of_ids():
+    indices, values, shape = utils.sparse_tuple_from([[1, 2], [], [3, 4, 5]])
+    assert indices.tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [2, 2]]
+    assert values.tolist() == [1, 2, 3, 4, 5]
+    assert shape.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize('label, steps', [('123', 3), ('112', 4), ('1111', 7), ('', 0), ('(3-7)*5', 7)])
+def test_ctc_needs_a_blank_between_repeats(label, steps):
+    assert utils.ctc_steps_needed(label) == steps
+
+
+def test_accuracy_and_cer():
+    accuracy, cer = utils.accuracy_and_cer(['123', '45', ''], ['123', '456', '78'])
+    assert accuracy == pytest.approx(1 / 3)
+    assert cer == pytest.approx((0 + 1 + 2) / 8)
+    assert utils.edit_distance('kitten', 'sitting') == 3
+
+
+def test_labelled_folder_lists_every_problem_with_its_file(tmp_path):
+    folder = str(tmp_path)
+    write_text_images(folder, ['12', '3a', '11111111', '45'], names=['0_12.png', '1_3a.png', '2_11111111.png',
+                                                                     'nolabel.png'])
+    with pytest.raises(utils.UserError) as error:
+        utils.list_labelled_images(folder, 'train_dir', CHARSET, time_steps=12)
+    message = str(error.value)
+    assert '--train_dir=%s: 3 of 4 images' % folder in message
+    assert "1_3a.png: label '3a' has 'a'" in message
+    assert '2_11111111.png' in message and 'needs 15 time steps, the model has 12' in message
+    assert '--max_stepsize' in message
+    assert 'nolabel.png: no label' in message
+
+
+def test_labelled_folder_in_natural_order_and_other_files_ignored(tmp_path, caplog):
+    folder = str(tmp_path)
+    write_text_images(folder, ['5', '6', '7'], names=['10_5.png', '2_6.jpg', '1_7.bmp'])
+    (tmp_path / 'labels.txt').write_text('x')
+    paths, labels = utils.list_labelled_images(folder, 'val_dir', CHARSET, time_steps=12)
+    assert [os.path.basename(p) for p in paths] == ['1_7.bmp', '2_6.jpg', '10_5.png']
+    assert labels == ['7', '6', '5']
+    assert 'labels.txt' in caplog.text
+
+
+def test_missing_and_empty_folders_are_named(tmp_path):
+    with pytest.raises(utils.UserError, match='--val_dir=%s: no such folder' % (tmp_path / 'nope')):
+        utils.list_images(str(tmp_path / 'nope'), 'val_dir')
+    with pytest.raises(utils.UserError, match='holds no images'):
+        utils.list_images(str(tmp_path), 'infer_dir')
+
+
+def test_read_image_resizes_any_size_to_grey_or_colour(tmp_path):
+    path = write_text_images(str(tmp_path), ['42'], size=(75, 310))[0]
+    grey, ok = utils.read_image(path, 32, 96, 1)
+    assert ok and grey.shape == (32, 96, 1) and grey.dtype == np.uint8
+    assert grey.min() < 100 < grey.max()  # the text survived the resize
+    colour, ok = utils.read_image(path, 60, 180, 3)
+    assert ok and colour.shape == (60, 180, 3)
+
+
+def test_read_image_of_corrupt_file_warns_with_its_name(tmp_path, caplog):
+    path = tmp_path / '1_23.png'
+    path.write_bytes(b'not a png at all')
+    image, ok = utils.read_image(str(path), 32, 96, 1)
+    assert not ok and image.shape == (32, 96, 1)
+    assert str(path) in caplog.text
+
+
+def run_dataset(dataset):
+    batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    batches = []
+    with tf.compat.v1.Session() as session:
+        while True:
+            try:
+                batches.append(session.run(batch))
+            except tf.errors.OutOfRangeError:
+                return batches
+
+
+def test_pipeline_keeps_the_partial_batch_and_pads_label_ids(tmp_path):
+    labels = ['1', '22', '333', '4', '55', '6', '7']
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        batches = run_dataset(utils.image_dataset(paths, labels, CHARSET, 3, (32, 96, 1)))
+    assert [len(b['paths']) for b in batches] == [3, 3, 1]
+    first = batches[0]
+    assert first['images'].shape == (3, 32, 96, 1) and first['images'].dtype == np.uint8
+    assert first['label_ids'].tolist() == [[1, -1, -1], [2, 2, -1], [3, 3, 3]]
+    assert [label.decode() for label in first['labels']] == ['1', '22', '333']
+
+
+def test_pipeline_drops_or_keeps_unreadable_images(tmp_path, caplog):
+    paths = write_text_images(str(tmp_path), ['1', '2', '3'])
+    with open(paths[1], 'wb') as broken:
+        broken.write(b'\x89PNG broken')
+    with tf.Graph().as_default():
+        kept = run_dataset(utils.image_dataset(paths, None, CHARSET, 5, (32, 96, 1), keep_unreadable=True))
+        dropped = run_dataset(utils.image_dataset(paths, ['1', '2', '3'], CHARSET, 5, (32, 96, 1)))
+    assert kept[0]['ok'].tolist() == [True, False, True]
+    assert [label.decode() for label in dropped[0]['labels']] == ['1', '3']
+    assert paths[1] in caplog.text
+
+
+def test_pipeline_reshuffles_every_epoch(tmp_path):
+    labels = [str(i) for i in range(10)]
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        batches = run_dataset(utils.image_dataset(paths, labels, CHARSET, 10, (32, 96, 1), shuffle=True,
+                                                  seed=3, repeat=2))
+    first, second = [[label.decode() for label in b['labels']] for b in batches]
+    assert sorted(first) == sorted(second) == sorted(labels)
+    assert first != second
