@@ -14,12 +14,11 @@ v1 = tf.compat.v1
 # The model's shape, as saved beside its checkpoint.
 Architecture = collections.namedtuple('Architecture', [
     'image_height', 'image_width', 'image_channel', 'charset', 'cnn_count', 'out_channels', 'num_hidden',
-    'leakiness', 'max_stepsize'])
+    'leakiness', 'max_stepsize', 'rnn_cell', 'rnn_layers', 'bidirectional', 'rhn_depth'])
 
 # One row per conv unit: conv 3x3 (filters) -> batch norm -> leaky ReLU -> max-pool 2x2 SAME.
 # The last unit has `out_channels` filters; a deeper net repeats the last row of the table.
 CONV_UNIT_FILTERS = (64, 128, 128)
-RNN_LAYERS = 2
 
 
 # --- shapes ------------------------------------------------------------------
@@ -94,45 +93,208 @@ def dense(inputs, units, name):
 
 
 # --- RNN cells ---------------------------------------------------------------
+# Every cell makes all its variables when it is constructed (none inside the RNN loop), has `state_size` (an int
+# or nested tuples of ints) and `output_size`, and maps (inputs [b, input_size], state) to (output, new state).
+# sigmoid(f + 1) is a forget gate whose bias starts at 1, as in LSTMCell.
 
-class LSTMCell:
-    """Long short-term memory (Hochreiter and Schmidhuber 1997), forget-gate bias 1:
-
-        i, f, o, g = split(W [x_t, h_{t-1}] + b)
-        c_t = sigmoid(f + 1) * c_{t-1} + sigmoid(i) * tanh(g)
-        h_t = sigmoid(o) * tanh(c_t)
-
-    Variables are made when the cell is, so none is made inside the RNN loop. State (c, h).
-    """
-
-    def __init__(self, input_size, num_units, name):
-        self.num_units = num_units
-        with v1.variable_scope(name):
-            self.kernel = v1.get_variable('kernel', [input_size + num_units, 4 * num_units],
-                                          initializer=v1.glorot_uniform_initializer())
-            self.bias = v1.get_variable('bias', [4 * num_units], initializer=v1.zeros_initializer())
+class Cell:
+    """What all cells share: `num_units` outputs, by default one [b, num_units] state tensor, and a zero state
+    shaped like `state_size`."""
 
     @property
     def state_size(self):
-        return (self.num_units, self.num_units)
+        return self.num_units
 
     @property
     def output_size(self):
         return self.num_units
 
     def zero_state(self, batch_size, dtype):
-        return tuple(tf.zeros([batch_size, size], dtype) for size in self.state_size)
+        return tf.nest.map_structure(lambda size: tf.zeros([batch_size, size], dtype), self.state_size)
+
+
+def affine_variables(input_size, output_size, bias_initializer=None):
+    """`kernel` [input_size, output_size] (Glorot uniform) and `bias` [output_size] (zeros unless given)."""
+    kernel = v1.get_variable('kernel', [input_size, output_size], initializer=v1.glorot_uniform_initializer())
+    bias = v1.get_variable('bias', [output_size], initializer=bias_initializer or v1.zeros_initializer())
+    return kernel, bias
+
+
+def affine(tensors, kernel, bias):
+    """W [tensors...] + b: [b, sum of sizes] -> [b, output_size]"""
+    return tf.matmul(tf.concat(tensors, 1), kernel) + bias
+
+
+class LSTMCell(Cell):
+    """Long short-term memory (Hochreiter and Schmidhuber 1997), forget-gate bias 1:
+
+        i, f, o, g = split(W [x_t, h_{t-1}] + b)
+        c_t = sigmoid(f + 1) * c_{t-1} + sigmoid(i) * tanh(g)
+        h_t = sigmoid(o) * tanh(c_t)
+
+    State (c, h).
+    """
+
+    def __init__(self, input_size, num_units, name):
+        self.num_units = num_units
+        with v1.variable_scope(name):
+            self.kernel, self.bias = affine_variables(input_size + num_units, 4 * num_units)
+
+    @property
+    def state_size(self):
+        return (self.num_units, self.num_units)
 
     def __call__(self, inputs, state):
         c, h = state
-        gates = tf.matmul(tf.concat([inputs, h], 1), self.kernel) + self.bias
-        i, f, o, g = tf.split(gates, 4, axis=1)
+        i, f, o, g = tf.split(affine([inputs, h], self.kernel, self.bias), 4, axis=1)
         c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i) * tf.tanh(g)
         h = tf.sigmoid(o) * tf.tanh(c)
         return h, (c, h)
 
 
-class StackedCell:
+class GRUCell(Cell):
+    """Gated recurrent unit (Cho et al. 2014), the reset gate applied to h_{t-1} before its weights:
+
+        r, z = split(sigmoid(W_g [x_t, h_{t-1}] + b_g))
+        n_t = tanh(W_n [x_t, r * h_{t-1}] + b_n)
+        h_t = z * h_{t-1} + (1 - z) * n_t
+
+    b_g starts at 1 (the cell starts by mostly keeping h). State h.
+    """
+
+    def __init__(self, input_size, num_units, name):
+        self.num_units = num_units
+        with v1.variable_scope(name):
+            with v1.variable_scope('gates'):
+                self.gate_kernel, self.gate_bias = affine_variables(input_size + num_units, 2 * num_units,
+                                                                    v1.ones_initializer())
+            with v1.variable_scope('candidate'):
+                self.candidate_kernel, self.candidate_bias = affine_variables(input_size + num_units, num_units)
+
+    def __call__(self, inputs, state):
+        r, z = tf.split(tf.sigmoid(affine([inputs, state], self.gate_kernel, self.gate_bias)), 2, axis=1)
+        candidate = tf.tanh(affine([inputs, r * state], self.candidate_kernel, self.candidate_bias))
+        h = z * state + (1.0 - z) * candidate
+        return h, h
+
+
+class RHNCell(Cell):
+    """Recurrent highway network (Zilly et al. 2017), `depth` micro-steps per time step, coupled carry gate:
+
+        s_0 = s_{t-1}
+        for l = 1 .. depth:
+            a, t = split(W_l [x_t, s_{l-1}] + b_l)     (x_t enters at l = 1 only: W_l [s_{l-1}] + b_l after)
+            s_l = tanh(a) * sigmoid(t) + s_{l-1} * (1 - sigmoid(t))
+        y_t = s_t = s_depth
+
+    The transform-gate half of every b_l starts at -2, so the cell starts by mostly carrying s (the paper's
+    negative transform bias). State s.
+    """
+
+    def __init__(self, input_size, num_units, name, depth):
+        if depth < 1:
+            raise ValueError('an RHN needs at least one micro-step, not rhn_depth=%d' % depth)
+        self.num_units = num_units
+        transform_bias = v1.constant_initializer([0.0] * num_units + [-2.0] * num_units)
+        self.micro_steps = []
+        with v1.variable_scope(name):
+            for step in range(depth):
+                with v1.variable_scope('micro_step_%d' % (step + 1)):
+                    step_inputs = input_size + num_units if step == 0 else num_units
+                    self.micro_steps.append(affine_variables(step_inputs, 2 * num_units, transform_bias))
+
+    def __call__(self, inputs, state):
+        s = state
+        for step, (kernel, bias) in enumerate(self.micro_steps):
+            a, t = tf.split(affine([inputs, s] if step == 0 else [s], kernel, bias), 2, axis=1)
+            transform = tf.sigmoid(t)
+            s = tf.tanh(a) * transform + s * (1.0 - transform)
+        return s, s
+
+
+class NestedLSTMCell(Cell):
+    """Nested LSTM (Moniz and Krueger 2017), one level of nesting: the outer memory is an inner LSTM's output.
+
+        i, f, o, g = split(W [x_t, h_{t-1}] + b)
+        inner input   x~_t     = sigmoid(i) * g              (sigma_c = identity: no tanh on g)
+        inner hidden  h~_{t-1} = sigmoid(f + 1) * c_{t-1}
+        c~_t, h~_t = LSTMCell(x~_t, (c~_{t-1}, h~_{t-1}))    (tanh on its candidate and its memory)
+        c_t = h~_t
+        h_t = sigmoid(o) * tanh(c_t)
+
+    Activation choices, following the paper: the outer candidate g enters the inner LSTM without the tanh of an
+    LSTM (that LSTM applies its own), and the inner LSTM is this file's LSTMCell, with its tanh activations and
+    forget bias 1. State (h, c~, h~); c_{t-1} is the inner h~_{t-1}.
+    """
+
+    def __init__(self, input_size, num_units, name):
+        self.num_units = num_units
+        with v1.variable_scope(name):
+            self.kernel, self.bias = affine_variables(input_size + num_units, 4 * num_units)
+            self.inner = LSTMCell(num_units, num_units, 'inner')
+
+    @property
+    def state_size(self):
+        return (self.num_units, self.num_units, self.num_units)
+
+    def __call__(self, inputs, state):
+        h, inner_c, c = state
+        i, f, o, g = tf.split(affine([inputs, h], self.kernel, self.bias), 4, axis=1)
+        c, (inner_c, _) = self.inner(tf.sigmoid(i) * g, (inner_c, tf.sigmoid(f + 1.0) * c))
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, (h, inner_c, c)
+
+
+class HighwayLSTMCell(Cell):
+    """One layer of a highway LSTM (Zhang et al. 2016): a peephole LSTM whose memory also takes a gated carry of
+    the memory of the layer below at the same time step, c_t^{l-1}:
+
+        i, f, o, g = split(W [x_t, h_{t-1}] + b)
+        i_t = sigmoid(i + w_ci * c_{t-1})
+        f_t = sigmoid(f + 1 + w_cf * c_{t-1})
+        d_t = sigmoid(W_xd x_t + w_cd * c_{t-1} + w_ld * c_t^{l-1} + b_d)       (depth gate)
+        c_t = f_t * c_{t-1} + i_t * tanh(g) + d_t * c_t^{l-1}
+        h_t = sigmoid(o + w_co * c_t) * tanh(c_t)
+
+    `highway=False` (the first layer, which has no layer below) drops d_t and its variables: a peephole LSTM.
+    The w_* are elementwise (peephole) weights, starting at 0. State (c, h), like LSTMCell.
+    """
+
+    def __init__(self, input_size, num_units, name, highway):
+        self.num_units = num_units
+        self.highway = highway
+        with v1.variable_scope(name):
+            self.kernel, self.bias = affine_variables(input_size + num_units, 4 * num_units)
+            self.peepholes = v1.get_variable('peepholes', [3, num_units], initializer=v1.zeros_initializer())
+            if highway:
+                with v1.variable_scope('depth_gate'):
+                    self.depth_kernel, self.depth_bias = affine_variables(input_size, num_units)
+                    self.depth_peepholes = v1.get_variable('peepholes', [2, num_units],
+                                                           initializer=v1.zeros_initializer())
+
+    @property
+    def state_size(self):
+        return (self.num_units, self.num_units)
+
+    def __call__(self, inputs, state, lower_memory=None):
+        """`lower_memory`: c_t^{l-1} [b, num_units], given exactly when the cell was made with highway=True."""
+        if (lower_memory is not None) != self.highway:
+            raise ValueError('a highway LSTM layer made with highway=%s needs lower_memory %s'
+                             % (self.highway, 'given' if self.highway else 'None'))
+        c_previous, h = state
+        w_ci, w_cf, w_co = tf.unstack(self.peepholes)
+        i, f, o, g = tf.split(affine([inputs, h], self.kernel, self.bias), 4, axis=1)
+        c = tf.sigmoid(f + 1.0 + w_cf * c_previous) * c_previous + tf.sigmoid(i + w_ci * c_previous) * tf.tanh(g)
+        if self.highway:
+            w_cd, w_ld = tf.unstack(self.depth_peepholes)
+            depth_gate = tf.sigmoid(affine([inputs], self.depth_kernel, self.depth_bias) + w_cd * c_previous
+                                    + w_ld * lower_memory)
+            c += depth_gate * lower_memory
+        h = tf.sigmoid(o + w_co * c) * tf.tanh(c)
+        return h, (c, h)
+
+
+class StackedCell(Cell):
     """Cells applied one above the other at each time step, with dropout on each layer's output."""
 
     def __init__(self, cells, keep_prob):
@@ -147,24 +309,46 @@ class StackedCell:
     def output_size(self):
         return self.cells[-1].output_size
 
-    def zero_state(self, batch_size, dtype):
-        return tuple(cell.zero_state(batch_size, dtype) for cell in self.cells)
-
     def __call__(self, inputs, state):
         new_state = []
         for cell, cell_state in zip(self.cells, state):
-            inputs, cell_state = cell(inputs, cell_state)
+            inputs, cell_state = self.layer(cell, inputs, cell_state, new_state)
             if self.keep_prob < 1.0:
                 inputs = tf.nn.dropout(inputs, rate=1.0 - self.keep_prob)
             new_state.append(cell_state)
         return inputs, tuple(new_state)
 
+    def layer(self, cell, inputs, state, states_below):
+        """One layer's step; `states_below` are the new states of the layers under it at this time step."""
+        return cell(inputs, state)
 
-def rnn_stack(input_size, num_units, num_layers, keep_prob, name):
-    """`num_layers` LSTM layers of `num_units`, [b, t, input_size] -> [b, t, num_units] when run."""
-    cells = [LSTMCell(input_size if layer == 0 else num_units, num_units, '%s/layer_%d' % (name, layer + 1))
-             for layer in range(num_layers)]
-    return StackedCell(cells, keep_prob)
+
+class HighwayLSTMStack(StackedCell):
+    """HighwayLSTMCell layers: each after the first takes the new memory c_t of the layer below (unaffected by
+    the dropout on that layer's output h_t)."""
+
+    def layer(self, cell, inputs, state, states_below):
+        lower_memory = states_below[-1][0] if states_below else None
+        return cell(inputs, state, lower_memory)
+
+
+# The cell classes by --rnn_cell; hlstm layers run in a HighwayLSTMStack, the others in a StackedCell.
+RNN_CELLS = {'lstm': LSTMCell, 'gru': GRUCell, 'hlstm': HighwayLSTMCell, 'rhn': RHNCell, 'nlstm': NestedLSTMCell}
+
+
+def rnn_stack(kind, input_size, num_units, num_layers, keep_prob, rhn_depth, name):
+    """`num_layers` cells of `kind` with `num_units` each, named name/layer_1, name/layer_2, ...; one cell for
+    `dynamic_rnn`, [b, t, input_size] -> [b, t, num_units] when run, dropout (keep_prob) on each layer's output."""
+    if kind not in RNN_CELLS:
+        raise ValueError('rnn_cell must be one of %s, not %r' % (', '.join(RNN_CELLS), kind))
+    if num_layers < 1:
+        raise ValueError('an RNN needs at least one layer, not rnn_layers=%d' % num_layers)
+    cells = []
+    for layer in range(num_layers):
+        options = {'rhn': {'depth': rhn_depth}, 'hlstm': {'highway': layer > 0}}.get(kind, {})
+        cells.append(RNN_CELLS[kind](input_size if layer == 0 else num_units, num_units,
+                                     '%s/layer_%d' % (name, layer + 1), **options))
+    return (HighwayLSTMStack if kind == 'hlstm' else StackedCell)(cells, keep_prob)
 
 
 # --- the model ---------------------------------------------------------------
@@ -188,7 +372,7 @@ class LSTMOCR:
     def logits(self, images):
         """uint8 images [b, h, w, c] -> time-major float32 logits [time_steps, b, num_classes]."""
         features = self.conv_tower(images)                             # [b, time_steps, feature_size]
-        outputs = self.rnn(features)                                   # [b, time_steps, num_hidden]
+        outputs = self.rnn(features)                                   # [b, time_steps, (2 *) num_hidden]
         logits = dense(outputs, self.num_classes, 'logits')            # [b, time_steps, num_classes]
         return tf.transpose(tf.cast(logits, tf.float32), [1, 0, 2])    # [time_steps, b, num_classes]
 
@@ -203,21 +387,34 @@ class LSTMOCR:
         return tf.reshape(outputs, [-1, steps, height * channels])     # [b, time_steps, height * channels]
 
     def rnn(self, features):
-        """[b, time_steps, n] -> [b, time_steps, num_hidden]"""
-        cell = rnn_stack(features.shape[-1], self.arch.num_hidden, RNN_LAYERS, self.keep_prob, 'rnn')
-        outputs, _ = v1.nn.dynamic_rnn(cell, features, sequence_length=self.sequence_length(tf.shape(features)[0]),
-                                       dtype=features.dtype, scope='rnn')
-        return outputs
+        """[b, time_steps, n] -> [b, time_steps, num_hidden], or with arch.bidirectional
+        [b, time_steps, 2 * num_hidden]: the forward stack's outputs, then those of a second stack run backwards.
+
+        The stacks' variables are rnn/fw/layer_<k>/... and rnn/bw/layer_<k>/...
+        """
+        arch = self.arch
+        sequence_length = self.sequence_length(tf.shape(features)[0])
+
+        def stack(direction):
+            return rnn_stack(arch.rnn_cell, features.shape[-1], arch.num_hidden, arch.rnn_layers, self.keep_prob,
+                             arch.rhn_depth, 'rnn/' + direction)
+
+        if not arch.bidirectional:
+            outputs, _ = v1.nn.dynamic_rnn(stack('fw'), features, sequence_length=sequence_length,
+                                           dtype=features.dtype, scope='rnn/fw')
+            return outputs                                             # [b, time_steps, num_hidden]
+        (forward, backward), _ = v1.nn.bidirectional_dynamic_rnn(
+            stack('fw'), stack('bw'), features, sequence_length=sequence_length, dtype=features.dtype, scope='rnn')
+        return tf.concat([forward, backward], axis=2)                  # [b, time_steps, 2 * num_hidden]
 
     def sequence_length(self, batch_size):
         """[batch_size] of time_steps: every image of an architecture has the same number of steps."""
         return tf.fill([batch_size], self.time_steps)
 
-    def loss(self, logits, label_ids):
-        """Mean CTC loss of a batch; label_ids [b, max_len] int32, padded with -1."""
-        losses = v1.nn.ctc_loss(dense_to_sparse(label_ids), logits, self.sequence_length(tf.shape(logits)[1]),
-                                time_major=True)
-        return tf.reduce_mean(losses)
+    def losses(self, logits, label_ids):
+        """CTC loss of each image [b]; label_ids [b, max_len] int32, padded with -1. No valid path gives inf."""
+        return v1.nn.ctc_loss(dense_to_sparse(label_ids), logits, self.sequence_length(tf.shape(logits)[1]),
+                              time_major=True)
 
     def decode(self, logits, decoder='beam', beam_width=10):
         """Class ids of the best path [b, max_decoded_len], padded with -1."""
@@ -237,9 +434,26 @@ def dense_to_sparse(label_ids):
     return tf.SparseTensor(indices, tf.gather_nd(label_ids, indices), tf.shape(label_ids, out_type=tf.int64))
 
 
-def learning_rate(global_step, initial, decay_steps, decay_rate):
-    """Staircase exponential decay: initial * decay_rate ** floor(step / decay_steps)."""
-    return v1.train.exponential_decay(initial, global_step, decay_steps, decay_rate, staircase=True)
+def learning_rate(global_step, schedule, initial, decay_steps, decay_rate, boundaries=(), warmup_steps=0):
+    """The learning rate at global_step, optionally raised linearly from 0 over the first warmup_steps.
+
+    exponential: initial * decay_rate ** floor(step / decay_steps) (staircase, the original's);
+    cosine: initial * (1 + cos(pi * min(step, decay_steps) / decay_steps)) / 2;
+    piecewise: initial * decay_rate ** (number of boundaries at or below step).
+    """
+    step = tf.cast(global_step, tf.float32)
+    if schedule == 'exponential':
+        rate = initial * decay_rate ** tf.floor(step / decay_steps)
+    elif schedule == 'cosine':
+        rate = initial * 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(step, decay_steps) / decay_steps))
+    elif schedule == 'piecewise':
+        passed = tf.reduce_sum(tf.cast(step >= tf.constant(list(boundaries), tf.float32), tf.float32))
+        rate = initial * decay_rate ** passed
+    else:
+        raise ValueError('unknown learning-rate schedule %r' % schedule)
+    if warmup_steps:
+        rate *= tf.minimum(1.0, (step + 1.0) / warmup_steps)
+    return rate
 
 
 def optimizer(name, rate, beta1, beta2, momentum):

@@ -22,6 +22,8 @@ v1 = tf.compat.v1
 
 ARCHITECTURE_FILE = 'architecture.json'
 CHECKPOINT_PREFIX = 'ocr-model'
+BEST_DIR = 'best'
+BEST_FILE = 'best.json'
 LOG_EVERY_STEPS = 10
 SAMPLES_SHOWN = 5
 
@@ -112,12 +114,35 @@ def resolve_architecture(saved):
 
 
 def latest_checkpoint():
+    """The newest rolling checkpoint of checkpoint_dir, or None."""
     return tf.train.latest_checkpoint(FLAGS.checkpoint_dir) if os.path.isdir(FLAGS.checkpoint_dir) else None
 
 
+def best_dir():
+    return os.path.join(FLAGS.checkpoint_dir, BEST_DIR)
+
+
+def best_checkpoint():
+    """The best validated model of checkpoint_dir and its record {step, accuracy, cer}, or (None, None)."""
+    path = tf.train.latest_checkpoint(best_dir()) if os.path.isdir(best_dir()) else None
+    if path is None:
+        return None, None
+    with open(os.path.join(best_dir(), BEST_FILE)) as file:
+        return path, json.load(file)
+
+
 def restore_model():
-    """Architecture and checkpoint path of the trained model in checkpoint_dir; none there is an error."""
-    checkpoint = latest_checkpoint()
+    """Architecture and checkpoint of the model to use (--checkpoint); no model there is an error."""
+    best, record = best_checkpoint()
+    latest = latest_checkpoint()
+    if FLAGS.checkpoint == 'best' and best:
+        log.info('using the best validated model: step %d, accuracy %.4f, CER %.4f',
+                 record['step'], record['accuracy'], record['cer'])
+        checkpoint = best
+    elif FLAGS.checkpoint == 'best' and FLAGS['checkpoint'].present:
+        raise UserError('--checkpoint=best: no validated model in %s' % best_dir())
+    else:
+        checkpoint = latest
     if checkpoint is None:
         raise UserError('no checkpoint in --checkpoint_dir=%s: train a model first (--mode=train) '
                         'or point --checkpoint_dir at one' % FLAGS.checkpoint_dir)
@@ -126,6 +151,19 @@ def restore_model():
         log.warning('warning: %s has no %s; building the model from the flags', FLAGS.checkpoint_dir,
                     ARCHITECTURE_FILE)
     return resolve_architecture(saved), checkpoint
+
+
+def check_schedule():
+    """Learning-rate schedule flags that cannot work."""
+    if FLAGS.warmup_steps < 0:
+        raise UserError('--warmup_steps=%s: must be 0 or more' % FLAGS.warmup_steps)
+    if FLAGS.lr_schedule != 'piecewise':
+        return
+    if not FLAGS.lr_boundaries:
+        raise UserError('--lr_schedule=piecewise needs --lr_boundaries, e.g. --lr_boundaries=20000,40000')
+    if not all(b.isdigit() for b in FLAGS.lr_boundaries) or \
+            [int(b) for b in FLAGS.lr_boundaries] != sorted(set(int(b) for b in FLAGS.lr_boundaries)):
+        raise UserError('--lr_boundaries=%s: must be increasing step numbers' % ','.join(FLAGS.lr_boundaries))
 
 
 def session_config():
@@ -184,14 +222,43 @@ def labelled_set(directory, flag_name, arch, charset, batch_size, **options):
 
 # --- modes ---------------------------------------------------------------------
 
+def build_training(arch, batch, global_step):
+    """The training graph on a batch: per-image losses, their mean, the learning rate and the step op."""
+    with tf.device(model_device()), v1.variable_scope('ocr'):
+        model = ocr.LSTMOCR('train', arch, FLAGS.output_keep_prob)
+        losses = model.losses(model.logits(batch['images']), batch['label_ids'])
+        loss = tf.reduce_mean(losses)
+        rate = ocr.learning_rate(global_step, FLAGS.lr_schedule, FLAGS.initial_learning_rate, FLAGS.decay_steps,
+                                 FLAGS.decay_rate, [int(b) for b in FLAGS.lr_boundaries], FLAGS.warmup_steps)
+        step_op = ocr.train_op(loss, ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2,
+                                                   FLAGS.momentum), global_step)
+    with tf.control_dependencies([step_op]):
+        next_step = global_step.read_value()
+    return {'losses': losses, 'loss': loss, 'rate': rate, 'step': next_step, 'paths': batch['paths']}
+
+
+def check_finite(step, fetched):
+    """A non-finite loss stops training before anything is saved, naming the images whose loss it was."""
+    if np.isfinite(fetched['loss']):
+        return
+    bad = [os.path.basename(path.decode()) for path, loss in zip(fetched['paths'], fetched['losses'])
+           if not np.isfinite(loss)]
+    raise UserError('step %d: the loss is %s; images of the batch without a finite CTC loss (no valid path, or '
+                    'diverged weights): %s%s. Stopped without saving; --restore continues from the last '
+                    'checkpoint, perhaps with a lower --initial_learning_rate' % (
+                        step, fetched['loss'], ', '.join(bad[:10]), ' and %d more' % (len(bad) - 10)
+                        if len(bad) > 10 else ''))
+
+
 def train():
     checkpoint = latest_checkpoint()
     if FLAGS.restore and checkpoint is None:
         raise UserError('--restore: no checkpoint in --checkpoint_dir=%s' % FLAGS.checkpoint_dir)
-    if not FLAGS.restore and checkpoint is not None:
-        raise UserError('--checkpoint_dir=%s already holds a trained model (%s): pass --restore to continue '
-                        'training it, or choose another --checkpoint_dir' % (FLAGS.checkpoint_dir, checkpoint))
+    if not FLAGS.restore and (checkpoint or best_checkpoint()[0]):
+        raise UserError('--checkpoint_dir=%s already holds a trained model: pass --restore to continue training '
+                        'it, or choose another --checkpoint_dir' % FLAGS.checkpoint_dir)
     arch = resolve_architecture(load_architecture() if FLAGS.restore else None)
+    check_schedule()
     charset = utils.Charset(arch.charset)
     train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
                                            shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs)
@@ -200,25 +267,23 @@ def train():
              train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
 
     v1.set_random_seed(FLAGS.seed)
-    batch = v1.data.make_one_shot_iterator(train_data).get_next()
     global_step = v1.train.get_or_create_global_step()
-    with tf.device(model_device()), v1.variable_scope('ocr'):
-        model = ocr.LSTMOCR('train', arch, FLAGS.output_keep_prob)
-        loss = model.loss(model.logits(batch['images']), batch['label_ids'])
-        rate = ocr.learning_rate(global_step, FLAGS.initial_learning_rate, FLAGS.decay_steps, FLAGS.decay_rate)
-        step_op = ocr.train_op(loss, ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2,
-                                                   FLAGS.momentum), global_step)
-    with tf.control_dependencies([step_op]):
-        next_step = global_step.read_value()
+    training = build_training(arch, v1.data.make_one_shot_iterator(train_data).get_next(), global_step)
     validator = build_reader(arch, val_data, 'val')
-    summaries = v1.summary.merge([v1.summary.scalar('loss', loss), v1.summary.scalar('learning_rate', rate)])
-    saver = v1.train.Saver(max_to_keep=5)
+    summaries = v1.summary.merge([v1.summary.scalar('loss', training['loss']),
+                                  v1.summary.scalar('learning_rate', training['rate'])])
+    rolling_saver, best_saver = v1.train.Saver(max_to_keep=5), v1.train.Saver(max_to_keep=1)
     writer = v1.summary.FileWriter(FLAGS.log_dir, v1.get_default_graph())
 
     with v1.Session(config=session_config()) as session:
         session.run(v1.global_variables_initializer())
+        best_path, best = best_checkpoint()
+        best = best or {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
         if FLAGS.restore:
-            saver.restore(session, checkpoint)
+            rolling_saver.restore(session, checkpoint)
+            rolling_saver.recover_last_checkpoints(
+                tf.train.get_checkpoint_state(FLAGS.checkpoint_dir).all_model_checkpoint_paths)
+            best_saver.recover_last_checkpoints([best_path] if best_path else [])
             log.info('restored %s at step %d', checkpoint, session.run(global_step))
         save_architecture(arch)
 
@@ -226,9 +291,16 @@ def train():
             accuracy, cer = report_validation(read_all(session, validator, charset), step)
             writer.add_summary(v1.Summary(value=[v1.Summary.Value(tag='val/accuracy', simple_value=accuracy),
                                                  v1.Summary.Value(tag='val/cer', simple_value=cer)]), step)
+            if (accuracy, -cer) > (best['accuracy'], -best['cer']):
+                best.update(step=int(step), accuracy=accuracy, cer=cer)
+                best_saver.save(session, os.path.join(best_dir(), CHECKPOINT_PREFIX), global_step=step)
+                with open(os.path.join(best_dir(), BEST_FILE), 'w') as file:
+                    json.dump(best, file, indent=2)
+            log.info('step %d: best so far accuracy %.4f, CER %.4f at step %d', step, best['accuracy'],
+                     best['cer'], best['step'])
 
         def save(step):
-            saver.save(session, os.path.join(FLAGS.checkpoint_dir, CHECKPOINT_PREFIX), global_step=step)
+            rolling_saver.save(session, os.path.join(FLAGS.checkpoint_dir, CHECKPOINT_PREFIX), global_step=step)
             log.info('step %d: saved checkpoint to %s', step, FLAGS.checkpoint_dir)
 
         step = session.run(global_step)
@@ -236,16 +308,16 @@ def train():
         if FLAGS.max_steps and step >= FLAGS.max_steps:
             log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
             return
-        started, started_step = time.time(), step
+        started, started_step, interrupted = time.time(), step, False
         try:
             while not FLAGS.max_steps or step < FLAGS.max_steps:
-                loss_value, rate_value, step, summary = session.run([loss, rate, next_step, summaries])
-                if not np.isfinite(loss_value):
-                    raise UserError('step %d: the loss is %s; stopped without saving' % (step, loss_value))
+                fetched, summary = session.run([training, summaries])
+                step = fetched['step']
+                check_finite(step, fetched)
                 if step % LOG_EVERY_STEPS == 0 or step == started_step + 1:
                     speed = (step - started_step) * FLAGS.batch_size / (time.time() - started)
                     log.info('step %d epoch %.2f loss %.4f lr %.6f %.1f images/s', step,
-                             step * FLAGS.batch_size / train_count, loss_value, rate_value, speed)
+                             step * FLAGS.batch_size / train_count, fetched['loss'], fetched['rate'], speed)
                     writer.add_summary(summary, step)
                     started, started_step = time.time(), step
                 if step % FLAGS.validation_steps == 0:
@@ -258,9 +330,10 @@ def train():
             log.info('finished --num_epochs=%d', FLAGS.num_epochs)
         except KeyboardInterrupt:
             log.info('interrupted at step %d', step)
+            interrupted = True
         if step != saved_step:
             save(step)
-        if step != validated_step:
+        if step != validated_step and not interrupted:
             validate(step)
         writer.close()
 

@@ -57,6 +57,13 @@ flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writ
 flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no limit)')
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
 flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
+                  'val and infer: the best validated model (the latest when none was validated yet) or the latest')
+flags.DEFINE_enum('lr_schedule', 'exponential', ['exponential', 'cosine', 'piecewise'],
+                  'exponential: times decay_rate every decay_steps (staircase); cosine: from initial_learning_rate '
+                  'to 0 over decay_steps; piecewise: times decay_rate at each step of lr_boundaries')
+flags.DEFINE_list('lr_boundaries', [], 'piecewise schedule: steps at which the learning rate drops, e.g. 20000,40000')
+flags.DEFINE_integer('warmup_steps', 0, 'raise the learning rate linearly from 0 over this many first steps')
 
 # RNN variants.
 flags.DEFINE_enum('rnn_cell', 'lstm', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'],
@@ -66,7 +73,9 @@ flags.DEFINE_boolean('bidirectional', False, 'run a second RNN stack backwards a
 flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn')
 
 # helper.py: dataset tools.
-flags.DEFINE_string('labels_file', './imgs/labels.txt', 'helper rename: labels of images_dir')
+flags.DEFINE_string('labels_file', './imgs/labels.txt',
+                    'helper rename: labels of images_dir; helper synth: where to write labels, when given '
+                    '(else <out_dir>/labels.txt)')
 flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
 flags.DEFINE_integer('train_size', 80000, 'helper rename: images copied to train_dir, the rest go to val_dir')
 flags.DEFINE_boolean('overwrite', False, 'helper: replace files that already exist')
@@ -76,6 +85,8 @@ flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
                   'helper synth: contest-style expressions or random strings of --charset')
 flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
 flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
+flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<label>.png, else <id>.png '
+                     '(labels only in the labels file)')
 
 FLAGS = flags.FLAGS
 

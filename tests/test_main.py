@@ -139,3 +139,42 @@ def test_bad_flags_are_named(dataset, flag, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_best_model_survives_worse_validations_and_rolling_deletion(trained):
+    tmp_path, _ = trained
+    best_file = tmp_path / 'checkpoint' / 'best' / 'best.json'
+    record = json.loads(best_file.read_text())
+    assert set(record) == {'step', 'accuracy', 'cer'} and record['step'] in (2, 4)
+    best_file.write_text(json.dumps(dict(record, accuracy=1.0)))  # no later validation can beat it
+    result = train(tmp_path, '--restore', '--max_steps=12', '--save_steps=1')
+    assert result.returncode == 0, result.stderr
+    assert 'best so far accuracy 1.0000, CER %.4f at step %d' % (record['cer'], record['step']) in result.stdout
+    rolling = sorted(n for n in os.listdir(tmp_path / 'checkpoint') if n.endswith('.index'))
+    assert rolling == ['ocr-model-%d.index' % s for s in (10, 11, 12, 8, 9)]
+    assert 'ocr-model-%d.index' % record['step'] in os.listdir(tmp_path / 'checkpoint' / 'best')
+
+    result = run_cli('--mode=val', *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert 'using the best validated model: step %d' % record['step'] in result.stdout
+    result = run_cli('--mode=infer', '--checkpoint=latest', *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert 'restored %s' % (tmp_path / 'checkpoint' / 'ocr-model-12') in result.stdout
+
+
+def test_explicit_best_without_a_validated_model_is_refused(trained):
+    tmp_path, _ = trained
+    for name in os.listdir(tmp_path / 'checkpoint' / 'best'):
+        os.remove(tmp_path / 'checkpoint' / 'best' / name)
+    result = run_cli('--mode=infer', '--checkpoint=best', *folders(tmp_path))
+    assert result.returncode == 2 and '--checkpoint=best: no validated model' in result.stderr
+    assert run_cli('--mode=infer', *folders(tmp_path)).returncode == 0  # falls back to the latest
+
+
+def test_non_finite_loss_stops_training_without_saving(dataset):
+    result = train(dataset, '--optimizer=momentum', '--initial_learning_rate=1e30', '--max_steps=20',
+                   '--save_steps=1000', '--validation_steps=1000')
+    assert result.returncode == 2
+    assert re.search(r'step \d+: the loss is (nan|inf)', result.stderr), result.stderr
+    assert '.png' in result.stderr and 'Stopped without saving' in result.stderr
+    assert not any(n.endswith('.index') for n in os.listdir(dataset / 'checkpoint'))

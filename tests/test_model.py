@@ -36,7 +36,8 @@ def build(arch, mode):
     with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
         model = ocr.LSTMOCR(mode, arch, keep_prob=0.8)
         logits = model.logits(images)
-        return images, label_ids, logits, model.loss(logits, label_ids), model.decode(logits, 'greedy')
+        loss = tf.reduce_mean(model.losses(logits, label_ids))
+        return images, label_ids, logits, loss, model.decode(logits, 'greedy')
 
 
 @pytest.mark.parametrize('batch_size', [1, 7])
@@ -66,7 +67,8 @@ def test_batch_norm_updates_moving_statistics_only_in_training():
         images, label_ids, _, loss, _ = build(SMALL, 'train')
         global_step = v1.train.get_or_create_global_step()
         step = ocr.train_op(loss, ocr.optimizer('adam', 1e-3, 0.9, 0.999, 0.9), global_step)
-        _, _, eval_logits, _, _ = build(SMALL, 'val')
+        with v1.variable_scope('ocr', reuse=True):
+            eval_logits = ocr.LSTMOCR('val', SMALL).logits(images)
         moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
         feed = {images: np.random.default_rng(0).integers(0, 255, (4, 32, 96, 1)).astype(np.uint8),
                 label_ids: [[1, 2]] * 4}
@@ -78,9 +80,8 @@ def test_batch_norm_updates_moving_statistics_only_in_training():
             assert session.run(moving_mean).any()
 
 
-@pytest.mark.parametrize('decoder', ['beam', 'greedy'])
-def test_model_overfits_a_small_set(tmp_path, decoder):
-    """Loss, labels and decoder agree: 32 images are learnt to 100% sequence accuracy."""
+def test_model_overfits_a_small_set(tmp_path):
+    """Loss, labels and both decoders agree: 32 images are learnt to 100% sequence accuracy."""
     labels = random_labels(32, seed=5)
     paths = write_text_images(str(tmp_path), labels, seed=5)
     charset = utils.Charset(SMALL.charset)
@@ -92,18 +93,34 @@ def test_model_overfits_a_small_set(tmp_path, decoder):
                                                                              (32, 96, 1)))
         with v1.variable_scope('ocr'):
             model = ocr.LSTMOCR('train', SMALL, keep_prob=1.0)
-            loss = model.loss(model.logits(train_batch['images']), train_batch['label_ids'])
+            loss = tf.reduce_mean(model.losses(model.logits(train_batch['images']), train_batch['label_ids']))
         step = ocr.train_op(loss, ocr.optimizer('adam', 3e-3, 0.9, 0.999, 0.9), v1.train.get_or_create_global_step())
         eval_next = eval_batch.get_next()
         with v1.variable_scope('ocr', reuse=True):
             reader = ocr.LSTMOCR('val', SMALL)
-            decoded = reader.decode(reader.logits(eval_next['images']), decoder)
+            logits = reader.logits(eval_next['images'])
+            decoded = {decoder: reader.decode(logits, decoder) for decoder in ('beam', 'greedy')}
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
             for _ in range(400):
                 session.run(step)
             session.run(eval_batch.initializer)
             predicted, truth = session.run([decoded, eval_next['labels']])
-    predictions = [charset.decode(row) for row in predicted]
-    accuracy, _ = utils.accuracy_and_cer(predictions, [t.decode() for t in truth])
-    assert accuracy == 1.0, list(zip(predictions, truth))
+    for decoder, rows in predicted.items():
+        predictions = [charset.decode(row) for row in rows]
+        accuracy, _ = utils.accuracy_and_cer(predictions, [t.decode() for t in truth])
+        assert accuracy == 1.0, (decoder, list(zip(predictions, truth)))
+
+
+@pytest.mark.parametrize('schedule, boundaries, warmup, expected', [
+    ('exponential', (), 0, {0: 1.0, 99: 1.0, 100: 0.5, 250: 0.25}),
+    ('cosine', (), 0, {0: 1.0, 50: 0.5, 100: 0.0, 500: 0.0}),
+    ('piecewise', (30, 60), 0, {0: 1.0, 29: 1.0, 30: 0.5, 60: 0.25, 1000: 0.25}),
+    ('exponential', (), 10, {0: 0.1, 4: 0.5, 9: 1.0, 100: 0.5}),
+])
+def test_learning_rate_schedules(schedule, boundaries, warmup, expected):
+    with tf.Graph().as_default(), v1.Session() as session:
+        step = v1.placeholder(tf.int64, [])
+        rate = ocr.learning_rate(step, schedule, 1.0, 100, 0.5, boundaries, warmup)
+        for at, value in expected.items():
+            assert session.run(rate, {step: at}) == pytest.approx(value, abs=1e-6), (schedule, at)
