@@ -456,10 +456,15 @@ def learning_rate(global_step, schedule, initial, decay_steps, decay_rate, bound
     return rate
 
 
-def optimizer(name, rate, beta1, beta2, momentum):
+def optimizer(name, rate, beta1, beta2, momentum, loss_scaling=False):
+    """Adam or momentum SGD; with loss_scaling (fp16), wrapped in dynamic loss scaling against underflow."""
     if name == 'adam':
-        return v1.train.AdamOptimizer(rate, beta1=beta1, beta2=beta2)
-    return v1.train.MomentumOptimizer(rate, momentum)
+        opt = v1.train.AdamOptimizer(rate, beta1=beta1, beta2=beta2)
+    elif name == 'momentum':
+        opt = v1.train.MomentumOptimizer(rate, momentum)
+    else:
+        raise ValueError('unknown optimizer %r' % name)
+    return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(opt, 'dynamic') if loss_scaling else opt
 
 
 def train_op(loss, opt, global_step):

@@ -13,6 +13,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ start-up 
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.core.protobuf import rewriter_config_pb2  # noqa: E402
 
 import cnn_lstm_otc_ocr as ocr  # noqa: E402
 import utils  # noqa: E402
@@ -166,8 +167,34 @@ def check_schedule():
         raise UserError('--lr_boundaries=%s: must be increasing step numbers' % ','.join(FLAGS.lr_boundaries))
 
 
+def check_precision():
+    """fp16 needs a GPU and bf16 the CPU: an error otherwise; bf16 on a CPU without bf16 instructions warns."""
+    if FLAGS.precision == 'fp16' and FLAGS.num_gpus == 0:
+        raise UserError('--precision=fp16 runs on a GPU (--num_gpus=1); on the CPU use --precision=bf16')
+    if FLAGS.precision == 'bf16' and FLAGS.num_gpus > 0:
+        raise UserError('--precision=bf16 is for the CPU (--num_gpus=0); on a GPU use --precision=fp16')
+    if FLAGS.precision == 'bf16' and not cpu_has_bf16():
+        log.warning('warning: --precision=bf16: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); '
+                    'bf16 will be emulated and slower than fp32')
+
+
+def cpu_has_bf16():
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            return any(flag in cpuinfo.read() for flag in ('avx512_bf16', 'amx_bf16'))
+    except OSError:
+        return False
+
+
 def session_config():
-    return v1.ConfigProto(allow_soft_placement=True)
+    """Soft placement for ops without a GPU kernel, and the mixed-precision graph rewrite of --precision."""
+    config = v1.ConfigProto(allow_soft_placement=True)
+    rewrites = config.graph_options.rewrite_options
+    if FLAGS.precision == 'bf16':
+        rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    elif FLAGS.precision == 'fp16':
+        rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    return config
 
 
 # --- reading -------------------------------------------------------------------
@@ -230,8 +257,9 @@ def build_training(arch, batch, global_step):
         loss = tf.reduce_mean(losses)
         rate = ocr.learning_rate(global_step, FLAGS.lr_schedule, FLAGS.initial_learning_rate, FLAGS.decay_steps,
                                  FLAGS.decay_rate, [int(b) for b in FLAGS.lr_boundaries], FLAGS.warmup_steps)
-        step_op = ocr.train_op(loss, ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2,
-                                                   FLAGS.momentum), global_step)
+        opt = ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2, FLAGS.momentum,
+                            loss_scaling=FLAGS.precision == 'fp16')
+        step_op = ocr.train_op(loss, opt, global_step)
     with tf.control_dependencies([step_op]):
         next_step = global_step.read_value()
     return {'losses': losses, 'loss': loss, 'rate': rate, 'step': next_step, 'paths': batch['paths']}
@@ -386,6 +414,7 @@ def main(argv):
         if len(argv) > 1:
             raise UserError('unknown flags or arguments: %s (see python main.py --helpfull)' % ' '.join(argv[1:]))
         check_flags()
+        check_precision()
         {'train': train, 'val': validate_mode, 'infer': infer}[FLAGS.mode]()
     except UserError as error:
         log.error('error: %s', error)

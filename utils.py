@@ -44,7 +44,8 @@ flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any
 delattr(flags.FLAGS, 'log_dir')
 flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
 flags.DEFINE_string('mode', 'train', 'main.py: train | val | infer; helper.py: rename | synth (its default: rename)')
-flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU, 1: on the first GPU')
+flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '
+                     'tower_device), the batch split evenly between them')
 
 # New in this rebuild.
 flags.DEFINE_integer('max_stepsize', 0,
@@ -57,6 +58,12 @@ flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writ
 flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no limit)')
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
 flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
+flags.DEFINE_enum('tower_device', 'gpu', ['gpu', 'cpu'],
+                  'where --num_gpus towers run: GPUs, or as many logical CPU devices (for machines without GPUs)')
+flags.DEFINE_enum('precision', 'fp32', ['fp32', 'bf16', 'fp16'],
+                  'number format of the math: fp32; bf16 on a CPU with bf16 instructions (oneDNN automatic mixed '
+                  'precision); fp16 on a GPU (automatic mixed precision with dynamic loss scaling). Variables, '
+                  'CTC loss and decoders stay fp32')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'val and infer: the best validated model (the latest when none was validated yet) or the latest')
 flags.DEFINE_enum('lr_schedule', 'exponential', ['exponential', 'cosine', 'piecewise'],

@@ -178,3 +178,11 @@ def test_non_finite_loss_stops_training_without_saving(dataset):
     assert re.search(r'step \d+: the loss is (nan|inf)', result.stderr), result.stderr
     assert '.png' in result.stderr and 'Stopped without saving' in result.stderr
     assert not any(n.endswith('.index') for n in os.listdir(dataset / 'checkpoint'))
+
+
+def test_bf16_trains_and_fp16_on_the_cpu_is_refused(dataset):
+    result = train(dataset, '--precision=bf16', '--max_steps=2')
+    assert result.returncode == 0, result.stderr
+    assert 'step 2 ' in result.stdout
+    result = train(dataset, '--precision=fp16')
+    assert result.returncode == 2 and '--precision=fp16 runs on a GPU' in result.stderr
