@@ -467,7 +467,57 @@ def optimizer(name, rate, beta1, beta2, momentum, loss_scaling=False):
     return v1.mixed_precision.MixedPrecisionLossScaleOptimizer(opt, 'dynamic') if loss_scaling else opt
 
 
-def train_op(loss, opt, global_step):
-    """Applies the gradients of loss after the batch-norm moving statistics are updated."""
-    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-        return opt.minimize(loss, global_step=global_step)
+# --- towers ------------------------------------------------------------------
+# Data parallelism, the TensorFlow 1.x tower recipe: the batch is cut into one contiguous shard per device, every
+# device runs the same model on its shard (variables shared through variable-scope reuse and kept on one device),
+# and the towers' gradients are added up on the variables' device and applied once.
+
+VARIABLE_OPS = ('VarHandleOp', 'VariableV2')
+
+
+def tower_placement(tower_device, variable_device):
+    """A device function for v1.device: variables on variable_device, every other op on tower_device."""
+    def place(op):
+        return variable_device if op.type in VARIABLE_OPS else tower_device
+    return place
+
+
+def split_batch(batch, num_shards):
+    """A batch {name: [b, ...]} -> num_shards batches of contiguous shards, in batch order.
+
+    Shard sizes are b // num_shards, the first b % num_shards shards one more (a last partial batch need not
+    divide evenly); a batch of fewer than num_shards images leaves shards empty, which the model cannot take.
+    """
+    if num_shards == 1:
+        return [batch]
+    size = tf.shape(batch['images'])[0]
+    sizes = size // num_shards + tf.cast(tf.range(num_shards) < size % num_shards, tf.int32)   # [num_shards]
+    pieces = {name: tf.split(tensor, sizes, num=num_shards) for name, tensor in batch.items()}
+    return [{name: pieces[name][index] for name in batch} for index in range(num_shards)]
+
+
+def tower_gradients(opt, losses, batch_size):
+    """(gradient, variable) pairs of one tower's share of the batch's mean loss: its images' losses [n] summed
+    and divided by the image count of the whole batch, so that the towers' gradients add up to the gradient of
+    the batch mean (with equal shards, the average of the towers' mean-loss gradients)."""
+    share = tf.reduce_sum(losses) / tf.cast(batch_size, losses.dtype)
+    return opt.compute_gradients(share, colocate_gradients_with_ops=True)
+
+
+def add_tower_gradients(tower_gradients):
+    """A list per tower of (gradient, variable) pairs, in the same variable order -> one list of summed pairs."""
+    summed = []
+    for pairs in zip(*tower_gradients):
+        variable = pairs[0][1]
+        if any(other is not variable for _, other in pairs):
+            raise ValueError('towers list their gradients in different variable orders at %s' % variable.name)
+        gradients = [gradient for gradient, _ in pairs if gradient is not None]
+        summed.append((tf.add_n(gradients) if gradients else None, variable))
+    return summed
+
+
+def apply_gradients(gradients, opt, global_step, update_ops):
+    """Applies (gradient, variable) pairs once, advancing global_step by one, after update_ops (the batch-norm
+    moving statistics) have run."""
+    with tf.control_dependencies(update_ops):
+        return opt.apply_gradients(gradients, global_step=global_step)

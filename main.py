@@ -61,17 +61,32 @@ def check_architecture(arch):
     utils.Charset(arch.charset)
 
 
-def model_device():
-    """'/cpu:0' for --num_gpus=0, '/gpu:0' for 1; GPUs that are not there are an error, never a fallback."""
+def tower_devices():
+    """One device per tower: ['/cpu:0'] for --num_gpus=0, the first N GPUs for N (N logical CPUs with
+    --tower_device=cpu); GPUs that are not there are an error, never a fallback."""
     if FLAGS.num_gpus == 0:
-        return '/cpu:0'
-    visible = tf.config.list_physical_devices('GPU')
-    if FLAGS.num_gpus > len(visible):
-        raise UserError('--num_gpus=%d but %d GPU(s) are visible: %s' % (
-            FLAGS.num_gpus, len(visible), ', '.join(d.name for d in visible) or 'none'))
-    if FLAGS.num_gpus > 1:
-        raise UserError('--num_gpus=%d: only 0 or 1 GPU is supported' % FLAGS.num_gpus)
-    return '/gpu:0'
+        return ['/cpu:0']
+    if FLAGS.tower_device == 'gpu':
+        visible = tf.config.list_physical_devices('GPU')
+        if FLAGS.num_gpus > len(visible):
+            raise UserError('--num_gpus=%d but %d GPU(s) are visible: %s (--tower_device=cpu runs the towers on '
+                            'logical CPU devices)' % (FLAGS.num_gpus, len(visible),
+                                                      ', '.join(d.name for d in visible) or 'none'))
+    return ['/%s:%d' % (FLAGS.tower_device, index) for index in range(FLAGS.num_gpus)]
+
+
+def training_towers():
+    """The tower devices of training, between which --batch_size must split evenly."""
+    devices = tower_devices()
+    if FLAGS.batch_size % len(devices):
+        raise UserError('--batch_size=%d does not split evenly between --num_gpus=%d towers: use a multiple of %d'
+                        % (FLAGS.batch_size, FLAGS.num_gpus, FLAGS.num_gpus))
+    return devices
+
+
+def model_device():
+    """Where val and infer run, whatever the number of towers: the first tower's device."""
+    return tower_devices()[0]
 
 
 def architecture_from_flags():
@@ -168,11 +183,12 @@ def check_schedule():
 
 
 def check_precision():
-    """fp16 needs a GPU and bf16 the CPU: an error otherwise; bf16 on a CPU without bf16 instructions warns."""
-    if FLAGS.precision == 'fp16' and FLAGS.num_gpus == 0:
-        raise UserError('--precision=fp16 runs on a GPU (--num_gpus=1); on the CPU use --precision=bf16')
-    if FLAGS.precision == 'bf16' and FLAGS.num_gpus > 0:
-        raise UserError('--precision=bf16 is for the CPU (--num_gpus=0); on a GPU use --precision=fp16')
+    """fp16 needs GPUs and bf16 the CPU: an error otherwise; bf16 on a CPU without bf16 instructions warns."""
+    on_cpu = FLAGS.num_gpus == 0 or FLAGS.tower_device == 'cpu'
+    if FLAGS.precision == 'fp16' and on_cpu:
+        raise UserError('--precision=fp16 runs on GPUs (--num_gpus=1 or more); on the CPU use --precision=bf16')
+    if FLAGS.precision == 'bf16' and not on_cpu:
+        raise UserError('--precision=bf16 is for the CPU (--num_gpus=0); on GPUs use --precision=fp16')
     if FLAGS.precision == 'bf16' and not cpu_has_bf16():
         log.warning('warning: --precision=bf16: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); '
                     'bf16 will be emulated and slower than fp32')
@@ -187,8 +203,11 @@ def cpu_has_bf16():
 
 
 def session_config():
-    """Soft placement for ops without a GPU kernel, and the mixed-precision graph rewrite of --precision."""
+    """Soft placement for ops without a GPU kernel, --num_gpus logical CPU devices for --tower_device=cpu, and the
+    mixed-precision graph rewrite of --precision."""
     config = v1.ConfigProto(allow_soft_placement=True)
+    if FLAGS.tower_device == 'cpu' and FLAGS.num_gpus > 1:
+        config.device_count['CPU'] = FLAGS.num_gpus
     rewrites = config.graph_options.rewrite_options
     if FLAGS.precision == 'bf16':
         rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
@@ -249,17 +268,44 @@ def labelled_set(directory, flag_name, arch, charset, batch_size, **options):
 
 # --- modes ---------------------------------------------------------------------
 
-def build_training(arch, batch, global_step):
-    """The training graph on a batch: per-image losses, their mean, the learning rate and the step op."""
-    with tf.device(model_device()), v1.variable_scope('ocr'):
-        model = ocr.LSTMOCR('train', arch, FLAGS.output_keep_prob)
-        losses = model.losses(model.logits(batch['images']), batch['label_ids'])
-        loss = tf.reduce_mean(losses)
+def batches_for_towers(dataset, num_towers):
+    """Training batches every tower gets images of: a batch of fewer images than towers, which only the very last
+    batch of --num_epochs can be, is dropped (at most num_towers - 1 images of the last epoch go untrained)."""
+    return dataset.filter(lambda batch: tf.shape(batch['images'])[0] >= num_towers)
+
+
+def build_towers(arch, batch, opt, devices, variable_device):
+    """One model per device on its shard of the batch, sharing the variables of scope 'ocr' (on variable_device):
+    each tower's per-image losses and gradients, and the batch-norm updates of the first tower."""
+    tower_losses, tower_gradients = [], []
+    for index, (device, shard) in enumerate(zip(devices, ocr.split_batch(batch, len(devices)))):
+        updates_before = len(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
+        with v1.device(ocr.tower_placement(device, variable_device)), \
+                v1.variable_scope(v1.get_variable_scope(), reuse=index > 0, auxiliary_name_scope=False), \
+                v1.name_scope('tower_%d' % index):
+            model = ocr.LSTMOCR('train', arch, FLAGS.output_keep_prob)
+            tower_losses.append(model.losses(model.logits(shard['images']), shard['label_ids']))   # [shard]
+            tower_gradients.append(ocr.tower_gradients(opt, tower_losses[-1], tf.shape(batch['images'])[0]))
+        if index == 0:
+            first_tower_updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)[updates_before:]
+    return tower_losses, tower_gradients, first_tower_updates
+
+
+def build_training(arch, batch, global_step, devices=None):
+    """The training graph on a batch, one tower per device (default: training_towers()): per-image losses [b] in
+    batch order, their mean, the learning rate and the step op. Several towers keep the variables on the CPU and
+    add up their gradients there; the batch-norm moving statistics follow the first tower's shard."""
+    devices = devices or training_towers()
+    variable_device = '/cpu:0' if len(devices) > 1 else devices[0]
+    with tf.device(variable_device), v1.variable_scope('ocr'):
         rate = ocr.learning_rate(global_step, FLAGS.lr_schedule, FLAGS.initial_learning_rate, FLAGS.decay_steps,
                                  FLAGS.decay_rate, [int(b) for b in FLAGS.lr_boundaries], FLAGS.warmup_steps)
         opt = ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2, FLAGS.momentum,
                             loss_scaling=FLAGS.precision == 'fp16')
-        step_op = ocr.train_op(loss, opt, global_step)
+        tower_losses, tower_gradients, updates = build_towers(arch, batch, opt, devices, variable_device)
+        step_op = ocr.apply_gradients(ocr.add_tower_gradients(tower_gradients), opt, global_step, updates)
+        losses = tf.concat(tower_losses, 0)                                                         # [b]
+        loss = tf.reduce_mean(losses)
     with tf.control_dependencies([step_op]):
         next_step = global_step.read_value()
     return {'losses': losses, 'loss': loss, 'rate': rate, 'step': next_step, 'paths': batch['paths']}
@@ -287,6 +333,7 @@ def train():
                         'it, or choose another --checkpoint_dir' % FLAGS.checkpoint_dir)
     arch = resolve_architecture(load_architecture() if FLAGS.restore else None)
     check_schedule()
+    devices = training_towers()
     charset = utils.Charset(arch.charset)
     train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
                                            shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs)
@@ -296,7 +343,8 @@ def train():
 
     v1.set_random_seed(FLAGS.seed)
     global_step = v1.train.get_or_create_global_step()
-    training = build_training(arch, v1.data.make_one_shot_iterator(train_data).get_next(), global_step)
+    batch = v1.data.make_one_shot_iterator(batches_for_towers(train_data, len(devices))).get_next()
+    training = build_training(arch, batch, global_step, devices)
     validator = build_reader(arch, val_data, 'val')
     summaries = v1.summary.merge([v1.summary.scalar('loss', training['loss']),
                                   v1.summary.scalar('learning_rate', training['rate'])])

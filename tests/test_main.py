@@ -2,10 +2,13 @@
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from conftest import SMALL_MODEL_FLAGS, random_labels, run_cli, write_text_images
+from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_text_images
 
 
 def folders(tmp_path):
@@ -185,4 +188,41 @@ def test_bf16_trains_and_fp16_on_the_cpu_is_refused(dataset):
     assert result.returncode == 0, result.stderr
     assert 'step 2 ' in result.stdout
     result = train(dataset, '--precision=fp16')
-    assert result.returncode == 2 and '--precision=fp16 runs on a GPU' in result.stderr
+    assert result.returncode == 2 and '--precision=fp16 runs on GPUs' in result.stderr
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'])
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_each_rnn_variant_trains_validates_and_infers_without_repeating_flags(dataset, cell, bidirectional):
+    extra = ['--rnn_cell=%s' % cell, '--rnn_layers=2', '--rhn_depth=2', '--bidirectional=%s' % bidirectional]
+    result = train(dataset, '--max_steps=1', *extra)
+    assert result.returncode == 0, result.stderr
+    architecture = json.loads((dataset / 'checkpoint' / 'architecture.json').read_text())
+    assert (architecture['rnn_cell'], architecture['bidirectional'], architecture['rnn_layers']) == \
+        (cell, bidirectional, 2)
+    result = run_cli('--mode=infer', *folders(dataset))
+    assert result.returncode == 0, result.stderr
+    assert len((dataset / 'result.txt').read_text().splitlines()) == 11
+
+
+def test_restore_with_another_architecture_is_refused(trained):
+    tmp_path, _ = trained
+    result = train(tmp_path, '--restore', '--rnn_cell=gru', '--num_hidden=64')
+    assert result.returncode == 2
+    assert "--rnn_cell='gru' but the model" in result.stderr and "rnn_cell='lstm'" in result.stderr
+    assert '--num_hidden=64 but the model' in result.stderr and 'num_hidden=32' in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(dataset):
+    command = [sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', '--batch_size=8',
+               '--validation_steps=100000', '--save_steps=100000', *SMALL_MODEL_FLAGS, *folders(dataset)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in process.stdout:
+        if line.startswith('step 10 '):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert re.search(r'interrupted at step (\d+)', out)
+    step = int(re.search(r'interrupted at step (\d+)', out).group(1))
+    assert 'ocr-model-%d.index' % step in os.listdir(dataset / 'checkpoint')

@@ -40,6 +40,12 @@ def build(arch, mode):
         return images, label_ids, logits, loss, model.decode(logits, 'greedy')
 
 
+def minimize(loss, opt, global_step):
+    """One-device training step as main.py builds it: gradients applied after the batch-norm updates."""
+    updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)
+    return ocr.apply_gradients(opt.compute_gradients(loss), opt, global_step, updates)
+
+
 @pytest.mark.parametrize('batch_size', [1, 7])
 def test_graph_takes_any_batch_size(batch_size):
     with tf.Graph().as_default():
@@ -66,7 +72,7 @@ def test_batch_norm_updates_moving_statistics_only_in_training():
     with tf.Graph().as_default():
         images, label_ids, _, loss, _ = build(SMALL, 'train')
         global_step = v1.train.get_or_create_global_step()
-        step = ocr.train_op(loss, ocr.optimizer('adam', 1e-3, 0.9, 0.999, 0.9), global_step)
+        step = minimize(loss, ocr.optimizer('adam', 1e-3, 0.9, 0.999, 0.9), global_step)
         with v1.variable_scope('ocr', reuse=True):
             eval_logits = ocr.LSTMOCR('val', SMALL).logits(images)
         moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
@@ -94,7 +100,7 @@ def test_model_overfits_a_small_set(tmp_path):
         with v1.variable_scope('ocr'):
             model = ocr.LSTMOCR('train', SMALL, keep_prob=1.0)
             loss = tf.reduce_mean(model.losses(model.logits(train_batch['images']), train_batch['label_ids']))
-        step = ocr.train_op(loss, ocr.optimizer('adam', 3e-3, 0.9, 0.999, 0.9), v1.train.get_or_create_global_step())
+        step = minimize(loss, ocr.optimizer('adam', 3e-3, 0.9, 0.999, 0.9), v1.train.get_or_create_global_step())
         eval_next = eval_batch.get_next()
         with v1.variable_scope('ocr', reuse=True):
             reader = ocr.LSTMOCR('val', SMALL)
