@@ -85,7 +85,8 @@ flags.DEFINE_string('labels_file', './imgs/labels.txt',
                     '(else <out_dir>/labels.txt)')
 flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
 flags.DEFINE_integer('train_size', 80000, 'helper rename: images copied to train_dir, the rest go to val_dir')
-flags.DEFINE_boolean('overwrite', False, 'helper: replace files that already exist')
+flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
+                     'train_dir or val_dir) that already exist')
 flags.DEFINE_string('out_dir', './imgs/synth/', 'helper synth: folder to write images into')
 flags.DEFINE_integer('num_images', 1000, 'helper synth: number of images to write')
 flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
@@ -291,7 +292,7 @@ _OPERATIONS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mul
 
 
 def expression_value(text):
-    """Value of an arithmetic expression of integers, + - * and parentheses; None for anything else.
+    """Value of an arithmetic expression of integers (leading zeros allowed), + - * and parentheses; else None.
 
     The expression is parsed into a tree and only integer literals and the three binary operations are
     evaluated; it is never passed to eval.
@@ -299,7 +300,7 @@ def expression_value(text):
     if not _ARITHMETIC.fullmatch(text or ''):
         return None
     try:
-        tree = ast.parse(text, mode='eval').body
+        tree = ast.parse(re.sub(r'\d+', lambda number: str(int(number.group())), text), mode='eval').body
     except SyntaxError:
         return None
 

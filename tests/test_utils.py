@@ -150,3 +150,17 @@ def test_pipeline_reshuffles_every_epoch(tmp_path):
     first, second = [[label.decode() for label in b['labels']] for b in batches]
     assert sorted(first) == sorted(second) == sorted(labels)
     assert first != second
+
+
+@pytest.mark.parametrize('text, value', [
+    ('2+3*4', 14), ('(2+3)*4', 20), ('9-3-2', 4), ('5-(6+2)', -3), ('(3-7)*5', -20), ('0*9-9', -9), ('7', 7),
+    ('05+3', 8), ('007', 7),
+])
+def test_expression_value_of_arithmetic(text, value):
+    assert utils.expression_value(text) == value
+
+
+@pytest.mark.parametrize('text', ['', '2**3', '3/1', '1+', '()', '__import__("os")', 'abc', '2 + 3', '1e3', '--3',
+                                  '-3', '(1,2)', '1_0', None])
+def test_expression_value_refuses_anything_else(text):
+    assert utils.expression_value(text) is None

@@ -1,0 +1,457 @@
+"""Dataset tools: split a labelled image set into `<id>_<label>` train and val folders, and synthesise images.
+
+rename: labels file + images_dir -> pairs (id, image, label) -> shuffled with --seed -> copies named
+`<id>_<label>.<ext>` in train_dir and val_dir. synth: per image, a numpy generator seeded by (--seed, id) ->
+label (contest expression or random string) -> OpenCV drawing -> `<id>_<label>.png`, plus a labels file.
+"""
+import collections
+import functools
+import multiprocessing
+import os
+import shutil
+import time
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from utils import FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, log, natural_key, setup_logging
+
+SHOWN = 5  # problems named in an error message before '...'
+MAX_NAME_BYTES = 255  # longest file name of common file systems
+
+
+# --- file names --------------------------------------------------------------
+
+def check_label(label, where):
+    """Refuses a label that cannot be part of a file name: / \\, whitespace, NUL and other control characters."""
+    bad = sorted({c for c in label if c in '/\\' or c.isspace() or not c.isprintable()})
+    if bad:
+        raise UserError('%s: label %r has %s, which cannot be in a file name' % (
+            where, label, ' '.join(repr(c) for c in bad)))
+
+
+def id_label_name(image_id, label, extension):
+    """`12`, `(3-7)*5`, `.png` -> `12_(3-7)*5.png`, the name utils.label_from_filename reads back."""
+    name = '%s_%s%s' % (image_id, label, extension)
+    if len(name.encode('utf-8')) > MAX_NAME_BYTES:
+        raise UserError('file name %r is longer than %d bytes' % (name, MAX_NAME_BYTES))
+    return name
+
+
+def image_id(name):
+    """`12_(3-7)*5.png` and `12.png` -> `12`: a file name up to its first `_` or its extension."""
+    return os.path.splitext(name)[0].split('_', 1)[0]
+
+
+def shown(items):
+    """The first few items of a list for an error message."""
+    return ', '.join(items[:SHOWN]) + (', ...' if len(items) > SHOWN else '')
+
+
+def make_room(ids, directories, overwrite, replaced=frozenset()):
+    """Refuses to touch images of these ids already in the folders; with overwrite, deletes them, except the
+    `replaced` paths that the caller writes over, so that no id is kept twice (under an old label, or in the
+    other folder). Returns the number of other images the folders hold.
+    """
+    wanted = set(ids)
+    clashes, others = [], 0
+    for directory in dict.fromkeys(directories):
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        for name in names:
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            if image_id(name) in wanted:
+                clashes.append(os.path.join(directory, name))
+            else:
+                others += 1
+    if clashes and not overwrite:
+        raise UserError('%d images with the ids to write already exist: %s (--overwrite replaces them)' % (
+            len(clashes), shown(clashes)))
+    stale = [path for path in clashes if path not in replaced]
+    for path in stale:
+        os.remove(path)
+    if clashes:
+        log.info('replacing %d earlier images of the same ids, %d of them elsewhere or under another label '
+                 '(--overwrite)', len(clashes), len(stale))
+    return others
+
+
+# --- rename: labels file + images -> train / val -----------------------------
+
+def is_file_name(field):
+    """Whether a labels file field names an image: it ends in one of utils.IMAGE_EXTENSIONS, any case."""
+    return field.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_labels_file(path):
+    """A labels file -> [(image file name or None, label)], one per line.
+
+    If the first field of line 1 ends in an image extension, every line is `<file name> <label> [...]`;
+    otherwise the file is in the contest format `<expression> <value>`, where line k (from 0) labels image k
+    and the file name is None.
+    """
+    if not os.path.isfile(path):
+        raise UserError('--labels_file=%s: no such file' % path)
+    try:
+        with open(path, encoding='utf-8-sig') as labels_file:
+            lines = labels_file.read().rstrip().splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError('--labels_file=%s is not UTF-8 text (%s)' % (path, error))
+    if not lines:
+        raise UserError('--labels_file=%s is empty' % path)
+    first_fields = lines[0].split()
+    named = bool(first_fields) and is_file_name(first_fields[0])
+    return [parse_label_line(line, named, '--labels_file=%s line %d' % (path, number))
+            for number, line in enumerate(lines, 1)]
+
+
+def parse_label_line(line, named, where):
+    """One line of a labels file -> (file name or None, label); see read_labels_file."""
+    fields = line.split()
+    if not fields:
+        raise UserError('%s is blank: every line must label one image' % where)
+    if named and (len(fields) < 2 or not is_file_name(fields[0])):
+        raise UserError('%s: %r is not `<file name> <label>` like line 1 (file names end in %s)' % (
+            where, line, '/'.join(IMAGE_EXTENSIONS)))
+    label = fields[1] if named else fields[0]
+    check_label(label, where)
+    return (fields[0] if named else None), label
+
+
+def find_images(entries, images_dir, labels_file):
+    """Path of the image of each (file name or None, label) entry; every image of images_dir needs one entry.
+
+    A named entry is that file; entry k of the contest format is the image whose name without extension is k.
+    """
+    if not os.path.isdir(images_dir):
+        raise UserError('--images_dir=%s: no such folder' % images_dir)
+    named = entries[0][0] is not None
+    images = {}
+    for name in sorted((n for n in os.listdir(images_dir) if is_file_name(n)), key=natural_key):
+        key = name if named else os.path.splitext(name)[0]
+        if key in images:
+            raise UserError('--images_dir=%s holds both %s and %s: which one is image %s?' % (
+                images_dir, images[key], name, key))
+        images[key] = name
+    keys = [name if named else str(k) for k, (name, label) in enumerate(entries)]
+    repeated = sorted(key for key, count in collections.Counter(keys).items() if count > 1)
+    if repeated:
+        raise UserError('--labels_file=%s labels %s more than once' % (labels_file, shown(repeated)))
+    labelled = set(keys)
+    unlabelled = [name for key, name in images.items() if key not in labelled]
+    missing = ['line %d (%s)' % (k + 1, key if named else key + '.*') for k, key in enumerate(keys)
+               if key not in images]
+    if unlabelled or missing:
+        raise UserError('--labels_file=%s has %d labels and --images_dir=%s %d images, not one each: '
+                        'labels without images: %s; images without labels: %s' % (
+                            labels_file, len(keys), images_dir, len(images), shown(missing) or 'none',
+                            shown(unlabelled) or 'none'))
+    return [os.path.join(images_dir, images[key]) for key in keys]
+
+
+def split(items, train_size, seed):
+    """Shuffles items with the seed -> (the first train_size, the rest)."""
+    if not 0 <= train_size <= len(items):
+        raise UserError('--train_size=%d: the set has %d images' % (train_size, len(items)))
+    order = np.random.default_rng(seed).permutation(len(items))
+    shuffled = [items[i] for i in order]
+    return shuffled[:train_size], shuffled[train_size:]
+
+
+def copy_images(copies, directory):
+    """Copies (source path, new name) pairs into a folder."""
+    os.makedirs(directory, exist_ok=True)
+    for source, name in copies:
+        shutil.copyfile(source, os.path.join(directory, name))
+
+
+def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwrite):
+    """Copies the labelled images of images_dir to train_dir and val_dir as `<k>_<label>.<ext>` (k: entry index)."""
+    entries = read_labels_file(labels_file)
+    sources = find_images(entries, images_dir, labels_file)
+    log.info('%s: %d labels, %s format', labels_file, len(entries),
+             '<file name> <label>' if entries[0][0] else 'contest (line k labels image k)')
+    for flag_name, directory in (('train_dir', train_dir), ('val_dir', val_dir)):
+        if os.path.realpath(directory) == os.path.realpath(images_dir):
+            raise UserError('--%s=%s is --images_dir: copies must go elsewhere' % (flag_name, directory))
+    copies = [(source, id_label_name(k, label, os.path.splitext(source)[1]))
+              for k, (source, (name, label)) in enumerate(zip(sources, entries))]
+    train, val = split(copies, train_size, seed)
+    targets = {os.path.join(directory, name) for directory, part in ((train_dir, train), (val_dir, val))
+               for source, name in part}
+    others = make_room([str(k) for k in range(len(copies))], [train_dir, val_dir], overwrite, targets)
+    copy_images(train, train_dir)
+    copy_images(val, val_dir)
+    log.info('copied %d images to %s and %d to %s (seed %d)', len(train), train_dir, len(val), val_dir, seed)
+    if others:
+        log.warning('warning: %s and %s also hold %d images this run did not write', train_dir, val_dir, others)
+
+
+# --- synth: labels -----------------------------------------------------------
+
+OPERATORS = '+-*'
+
+# What an image looks like, besides its id.
+SynthSpec = collections.namedtuple('SynthSpec', 'seed text charset min_len max_len height width')
+
+
+def contest_expression(rng):
+    """Three single digits and two of + - *, with parentheses around two adjacent numbers or none: 5-(6+2)."""
+    digits = [str(d) for d in rng.integers(0, 10, 3)]
+    operators = [OPERATORS[i] for i in rng.integers(0, len(OPERATORS), 2)]
+    tokens = [digits[0], operators[0], digits[1], operators[1], digits[2]]
+    parentheses = rng.integers(0, 3)  # 0: none, 1: around the first two numbers, 2: around the last two
+    if parentheses:
+        start = 2 * (parentheses - 1)
+        tokens.insert(start + 3, ')')
+        tokens.insert(start, '(')
+    return ''.join(tokens)
+
+
+def random_text(charset, min_len, max_len, rng):
+    """A string of min_len..max_len characters drawn uniformly from charset."""
+    length = rng.integers(min_len, max_len + 1)
+    return ''.join(charset[i] for i in rng.integers(0, len(charset), length))
+
+
+def make_label(spec, rng):
+    """The label of one image: a contest expression, or with spec.text 'random' a random string."""
+    if spec.text == 'expression':
+        return contest_expression(rng)
+    return random_text(spec.charset, spec.min_len, spec.max_len, rng)
+
+
+# --- synth: drawing ----------------------------------------------------------
+
+FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
+         cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
+         cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
+FONT_HEIGHTS = {font: cv2.getTextSize('0', font, 1.0, 1)[0][1] for font in FONTS}  # pixels at scale 1
+LUMA = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of perceived brightness
+
+
+def random_font(rng):
+    """One of the Hershey fonts, italic a third of the time."""
+    return FONTS[rng.integers(0, len(FONTS))] | (cv2.FONT_ITALIC if rng.random() < 0.33 else 0)
+
+
+def glyph(char, font, height, thickness, rng):
+    """Alpha (float32 [rows, cols], 0..1) of one character whose digits are `height` pixels tall, randomly
+    rotated, sheared and stretched, cut to its inked columns; and the row of its baseline."""
+    scale = height / FONT_HEIGHTS[font & ~cv2.FONT_ITALIC]
+    (width, above), below = cv2.getTextSize(char, font, scale, thickness)
+    pad = int(height) // 2 + thickness
+    canvas = np.zeros((above + below + 2 * pad, width + 2 * pad), np.uint8)
+    baseline = pad + above
+    cv2.putText(canvas, char, (pad, baseline), font, scale, 255, thickness, cv2.LINE_AA)
+    rows, cols = canvas.shape
+    centre = np.array([[1, 0, cols / 2], [0, 1, rows / 2], [0, 0, 1]])
+    uncentre = np.array([[1, 0, -cols / 2], [0, 1, -rows / 2], [0, 0, 1]])
+    shear = np.array([[rng.uniform(0.8, 1.25), rng.uniform(-0.3, 0.3), 0], [0, 1, 0], [0, 0, 1]])
+    rotation = np.vstack([cv2.getRotationMatrix2D((0, 0), rng.uniform(-20, 20), 1.0), [0, 0, 1]])
+    matrix = (centre @ rotation @ shear @ uncentre)[:2]
+    canvas = cv2.warpAffine(canvas, matrix, (cols, rows), flags=cv2.INTER_LINEAR)
+    inked = np.flatnonzero(canvas.max(axis=0))
+    inked = inked if inked.size else np.array([0])
+    return canvas[:, inked[0]:inked[-1] + 1].astype(np.float32) / 255, baseline
+
+
+def text_layer(label, colours, height, rng):
+    """The label drawn in one line: premultiplied colour (float32 [rows, cols, 3]) and alpha ([rows, cols]).
+
+    Font, digit height (about `height` pixels) and stroke are chosen per image and a quarter of the characters
+    vary them; spacing (touching to wide), vertical jitter, rotation and shear vary per character, and the
+    baseline slants.
+    """
+    thickness = max(1, round(height * rng.uniform(0.03, 0.12)))
+    font = random_font(rng)
+    glyphs = []
+    for char in label:
+        varied = rng.random() < 0.25
+        glyphs.append(glyph(char, random_font(rng) if varied else font, height * rng.uniform(0.85, 1.15),
+                            max(1, thickness + rng.integers(-1, 2)) if varied else thickness, rng))
+    gaps = rng.uniform(-0.12, 0.35, len(label)) * height
+    widths = np.array([mask.shape[1] for mask, _ in glyphs])
+    lefts = np.maximum(0, np.concatenate([[0], np.cumsum(widths[:-1] + gaps[:-1])])).round().astype(int)
+    baselines = rng.uniform(-0.12, 0.12, len(label)) * height + rng.uniform(-0.12, 0.12) * lefts
+    tops = (baselines - [b for _, b in glyphs]).round().astype(int)
+    tops -= tops.min()
+    rows = max(top + g.shape[0] for top, (g, _) in zip(tops, glyphs))
+    cols = max(left + g.shape[1] for left, (g, _) in zip(lefts, glyphs))
+    premultiplied, alpha = np.zeros((rows, cols, 3), np.float32), np.zeros((rows, cols), np.float32)
+    for (mask, _), top, left, colour in zip(glyphs, tops, lefts, colours):
+        area = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+        premultiplied[area] = premultiplied[area] * (1 - mask[..., None]) + mask[..., None] * colour
+        alpha[area] = alpha[area] * (1 - mask) + mask
+    inked_rows, inked_cols = np.flatnonzero(alpha.max(axis=1)), np.flatnonzero(alpha.max(axis=0))
+    area = (slice(inked_rows[0], inked_rows[-1] + 1), slice(inked_cols[0], inked_cols[-1] + 1))
+    return premultiplied[area], alpha[area]
+
+
+def background(height, width, rng):
+    """A near-white, light or (15%) dark tint with a gentle colour gradient: float32 [height, width, 3]."""
+    low, high = ((0, 90), (150, 255), (225, 255))[rng.choice(3, p=[0.15, 0.45, 0.4])]
+    tint = rng.uniform(low, high, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    xs, ys = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)[:, None]
+    ramp = (xs * np.cos(angle) + ys * np.sin(angle)) / max(height, width)  # [height, width], about -1..1
+    return np.clip(tint + ramp[..., None] * rng.uniform(-25, 25, 3), 0, 255).astype(np.float32)
+
+
+def text_colours(count, background_luminance, rng):
+    """A BGR colour per character, at least a random contrast (low but readable to strong) off the background;
+    a third of the images use one colour for all."""
+    min_contrast = rng.uniform(60, 140)
+    candidates = rng.uniform(0, 255, (count, 16, 3)).astype(np.float32)
+    contrasting = np.abs(candidates @ LUMA - background_luminance) >= min_contrast
+    colours = candidates[np.arange(count), contrasting.argmax(axis=1)]
+    colours[~contrasting.any(axis=1)] = 0 if background_luminance > 127 else 255
+    return colours[[0] * count] if rng.random() < 0.33 else colours
+
+
+def add_clutter(image, colours, rng):
+    """Noise dots (single pixels and small discs) and thin straight or wavy lines, in place."""
+    height, width = image.shape[:2]
+    pixels = rng.integers(0, 150)
+    image[rng.integers(0, height, pixels), rng.integers(0, width, pixels)] = rng.uniform(0, 255, (pixels, 3))
+    for _ in range(rng.integers(0, 25)):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        cv2.circle(image, centre, int(rng.integers(1, 3)), rng.uniform(0, 255, 3).tolist(), -1, cv2.LINE_AA)
+    for _ in range(rng.integers(0, 4)):
+        xs = np.linspace(rng.uniform(-20, width / 2), rng.uniform(width / 2, width + 20), 16)
+        ys = (rng.uniform(0, height) + rng.uniform(-0.3, 0.3) * (xs - xs[0])
+              + rng.uniform(0, height / 6) * np.sin(rng.uniform(0, 0.1) * xs + rng.uniform(0, 2 * np.pi)))
+        colour = colours[rng.integers(0, len(colours))] if rng.random() < 0.3 else rng.uniform(0, 255, 3)
+        cv2.polylines(image, [np.stack([xs, ys], 1).round().astype(np.int32)], False, colour.tolist(),
+                      1 if rng.random() < 0.8 else 2, cv2.LINE_AA)
+
+
+def degrade(image, rng):
+    """Sometimes blur, lose resolution, add pixel noise or JPEG artefacts: float32 -> uint8 [h, w, 3]."""
+    height, width = image.shape[:2]
+    if rng.random() < 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.1))
+    if rng.random() < 0.15:
+        factor = rng.uniform(0.45, 0.8)
+        small = cv2.resize(image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.12:
+        image = image + rng.normal(0, rng.uniform(2, 7), image.shape).astype(np.float32)
+    image = np.clip(image, 0, 255).round().astype(np.uint8)
+    if rng.random() < 0.15:
+        jpeg = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])[1]
+        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    return image
+
+
+def render(label, height, width, rng):
+    """The label drawn contest-style at a random size and place inside the image: uint8 BGR [height, width, 3]."""
+    image = background(height, width, rng)
+    colours = text_colours(len(label), float(image.mean(axis=(0, 1)) @ LUMA), rng)
+    premultiplied, alpha = text_layer(label, colours, height * rng.uniform(0.33, 0.67), rng)
+    margin = int(rng.integers(1, 8))
+    fit = min(1.0, (width - 2 * margin) / alpha.shape[1], (height - 2 * margin) / alpha.shape[0])
+    if fit < 1:
+        size = (max(1, int(alpha.shape[1] * fit)), max(1, int(alpha.shape[0] * fit)))
+        premultiplied = cv2.resize(premultiplied, size, interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+    rows, cols = alpha.shape
+    top = int(rng.integers(margin, height - margin - rows + 1))
+    left = int(rng.integers(margin, width - margin - cols + 1))
+    area = image[top:top + rows, left:left + cols]
+    area[:] = area * (1 - alpha[..., None]) + premultiplied
+    add_clutter(image, colours, rng)
+    return degrade(image, rng)
+
+
+# --- synth: files ------------------------------------------------------------
+
+def synth_image(spec, image_id):
+    """Label and PNG bytes of one image; the same spec and id always give the same bytes."""
+    rng = np.random.default_rng([spec.seed, image_id])
+    label = make_label(spec, rng)
+    image = render(label, spec.height, spec.width, rng)
+    return label, cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
+
+
+def write_image(spec, out_dir, labelled_names, image_id):
+    """Writes image `image_id` as `<id>_<label>.png` (or `<id>.png`) and returns its labels file line."""
+    label, png = synth_image(spec, image_id)
+    name = id_label_name(image_id, label, '.png') if labelled_names else '%d.png' % image_id
+    with open(os.path.join(out_dir, name), 'wb') as image_file:
+        image_file.write(png)
+    value = expression_value(label)
+    return '%d.png %s%s\n' % (image_id, label, '' if value is None else ' %d' % value)
+
+
+def check_synth_flags(spec, num_images):
+    """Refuses flags synth cannot honour, naming the flag and its value."""
+    if num_images < 1:
+        raise UserError('--num_images=%d: must be 1 or more' % num_images)
+    if spec.height < 16 or spec.width < 16:
+        raise UserError('--image_height=%d --image_width=%d: synth needs 16x16 or more' % (spec.height, spec.width))
+    if spec.text == 'random':
+        Charset(spec.charset)
+        unusable = sorted({c for c in spec.charset if not ' ' < c <= '~' or c in '/\\'})
+        if unusable:
+            raise UserError('--charset=%r has %s: synth draws printable ASCII, no spaces, / or \\' % (
+                spec.charset, ' '.join(repr(c) for c in unusable)))
+        if not 1 <= spec.min_len <= spec.max_len:
+            raise UserError('--min_len=%d --max_len=%d: need 1 <= min_len <= max_len' % (spec.min_len, spec.max_len))
+        id_label_name(num_images - 1, 'x' * spec.max_len, '.png')
+
+
+def synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite):
+    """Writes num_images images 0..num_images-1 to out_dir, in parallel, and their labels file."""
+    check_synth_flags(spec, num_images)
+    if os.path.exists(labels_path) and not overwrite:
+        raise UserError('%s already exists (--overwrite replaces it)' % labels_path)
+    os.makedirs(out_dir, exist_ok=True)
+    others = make_room([str(i) for i in range(num_images)], [out_dir], overwrite)
+    start = time.time()
+    write = functools.partial(write_image, spec, out_dir, labelled_names)
+    with multiprocessing.Pool(min(os.cpu_count() or 1, num_images)) as pool:
+        lines = list(pool.imap(write, range(num_images), chunksize=64))
+    os.makedirs(os.path.dirname(labels_path) or '.', exist_ok=True)
+    with open(labels_path, 'w', encoding='utf-8') as labels_file:
+        labels_file.writelines(lines)
+    seconds = time.time() - start
+    log.info('wrote %d images (%s, seed %d) to %s and their labels to %s in %.1f s (%.0f images/s)',
+             num_images, spec.text, spec.seed, out_dir, labels_path, seconds, num_images / seconds)
+    if others:
+        log.warning('warning: %s also holds %d images this run did not write', out_dir, others)
+
+
+# --- command line ------------------------------------------------------------
+
+def run(argv):
+    """Dispatches on --mode: rename (also when --mode is not given) or synth."""
+    if len(argv) > 1:
+        raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
+    if FLAGS.seed < 0:
+        raise UserError('--seed=%d: must be 0 or more' % FLAGS.seed)
+    mode = FLAGS.mode if FLAGS['mode'].present else 'rename'
+    if mode == 'rename':
+        rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,
+               FLAGS.overwrite)
+    elif mode == 'synth':
+        spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
+                         FLAGS.image_width)
+        labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
+        synth(spec, FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
+    else:
+        raise UserError('--mode=%s: helper.py does rename (the default) or synth' % mode)
+
+
+def main(argv):
+    setup_logging()
+    try:
+        run(argv)
+    except UserError as error:
+        log.error('error: %s', error)
+        raise SystemExit(2)
+
+
+if __name__ == '__main__':
+    tf.compat.v1.app.run(main)

@@ -1,0 +1,218 @@
+"""helper.py: rename/split of a contest-format set and the synthetic generator."""
+import os
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+import helper
+from conftest import run_cli
+from utils import UserError, expression_value, label_from_filename
+
+# Three single digits, two operators, parentheses around two adjacent numbers or none.
+CONTEST_GRAMMAR = re.compile(r'\d[-+*]\d[-+*]\d|\(\d[-+*]\d\)[-+*]\d|\d[-+*]\(\d[-+*]\d\)')
+EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180)
+
+
+def write_contest_set(folder, count):
+    """Images k.png (odd k) and k.bmp (even k) whose pixels encode k, and labels.txt whose line k is
+    `<expression> <value>`."""
+    images_dir = folder / 'contest'
+    images_dir.mkdir(parents=True)
+    labels = [helper.contest_expression(np.random.default_rng(k)) for k in range(count)]
+    for k in range(count):
+        write_encoded(str(images_dir / ('%d.%s' % (k, 'png' if k % 2 else 'bmp'))), k)
+    (folder / 'labels.txt').write_text(''.join('%s %d\n' % (label, expression_value(label)) for label in labels))
+    return str(folder / 'labels.txt'), str(images_dir), labels
+
+
+def write_encoded(path, k):
+    """A tiny image whose pixels encode k."""
+    cv2.imwrite(path, np.full((2, 3, 3), (k % 256, k // 256, 7), np.uint8))
+
+
+def encoded_index(path):
+    """The k that write_contest_set drew into an image."""
+    pixel = cv2.imread(path)[0, 0]
+    return int(pixel[0]) + 256 * int(pixel[1])
+
+
+def rename(folder, labels_file, images_dir, train_size, seed=0, overwrite=False):
+    """helper.rename into folder/train and folder/val; returns their file names."""
+    train_dir, val_dir = str(folder / 'train'), str(folder / 'val')
+    helper.rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwrite)
+    return sorted(os.listdir(train_dir)), sorted(os.listdir(val_dir))
+
+
+# --- rename ------------------------------------------------------------------
+
+def test_rename_puts_each_label_on_its_image_and_splits_the_counts(tmp_path):
+    labels_file, images_dir, labels = write_contest_set(tmp_path, 40)
+    train, val = rename(tmp_path, labels_file, images_dir, train_size=30)
+    assert (len(train), len(val)) == (30, 10)
+    for folder, names in (('train', train), ('val', val)):
+        for name in names:
+            k = encoded_index(str(tmp_path / folder / name))
+            assert name == '%d_%s.%s' % (k, labels[k], 'png' if k % 2 else 'bmp')
+            assert label_from_filename(name) == labels[k]
+    assert sorted(helper.image_id(name) for name in train + val) == sorted(str(k) for k in range(40))
+
+
+def test_rename_split_depends_on_the_seed(tmp_path):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 40)
+    first = rename(tmp_path / 'a', labels_file, images_dir, 20, seed=3)
+    again = rename(tmp_path / 'b', labels_file, images_dir, 20, seed=3)
+    other = rename(tmp_path / 'c', labels_file, images_dir, 20, seed=4)
+    assert first == again
+    assert first != other
+
+
+def test_rename_reads_file_name_label_lines(tmp_path):
+    images_dir = tmp_path / 'images'
+    images_dir.mkdir()
+    for index, name in enumerate(['b.bmp', 'a_1.png', 'c.PNG']):
+        write_encoded(str(images_dir / name), index)
+    (tmp_path / 'labels.txt').write_text('b.bmp 1+2 3\na_1.png ab\nc.PNG (4)\n')
+    train, val = rename(tmp_path, str(tmp_path / 'labels.txt'), str(images_dir), train_size=3)
+    assert (train, val) == (['0_1+2.bmp', '1_ab.png', '2_(4).PNG'], [])
+    for index, name in enumerate(train):
+        assert encoded_index(str(tmp_path / 'train' / name)) == index
+
+
+def test_rename_names_images_without_labels_and_labels_without_images(tmp_path):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 12)
+    os.remove(os.path.join(images_dir, '3.png'))
+    open(os.path.join(images_dir, 'notes.txt'), 'w').write('not an image, not counted')
+    cv2.imwrite(os.path.join(images_dir, 'stray.png'), np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(UserError, match=r'labels without images: line 4 \(3\.\*\); images without labels: stray\.png'):
+        rename(tmp_path, labels_file, images_dir, 5)
+
+
+def test_rename_refuses_a_train_size_larger_than_the_set(tmp_path):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 12)
+    with pytest.raises(UserError, match='--train_size=13: the set has 12 images'):
+        rename(tmp_path, labels_file, images_dir, 13)
+
+
+def test_rename_refuses_a_label_that_cannot_be_in_a_file_name(tmp_path):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 12)
+    lines = open(labels_file).read().splitlines()
+    lines[5] = '1/2 0'
+    open(labels_file, 'w').write('\n'.join(lines))
+    with pytest.raises(UserError, match=r"line 6: label '1/2' has '/'"):
+        rename(tmp_path, labels_file, images_dir, 5)
+    assert not os.path.exists(tmp_path / 'train')
+
+
+def test_rename_overwrites_only_when_asked_and_keeps_each_id_once(tmp_path):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 12)
+    rename(tmp_path, labels_file, images_dir, 6, seed=0)
+    with pytest.raises(UserError, match='12 images with the ids to write already exist'):
+        rename(tmp_path, labels_file, images_dir, 6, seed=1)
+    train, val = rename(tmp_path, labels_file, images_dir, 6, seed=1, overwrite=True)
+    assert sorted(helper.image_id(name) for name in train + val) == sorted(str(k) for k in range(12))
+
+
+# --- synth -------------------------------------------------------------------
+
+def test_synth_same_seed_gives_the_same_bytes_another_seed_others():
+    label, png = helper.synth_image(EXPRESSION, 7)
+    assert helper.synth_image(EXPRESSION, 7) == (label, png)
+    assert helper.synth_image(EXPRESSION._replace(seed=1), 7)[1] != png
+    assert helper.synth_image(EXPRESSION._replace(seed=1), 6)[1] != png  # seeds are not shifted ids
+    assert helper.synth_image(EXPRESSION, 8)[1] != png
+
+
+def test_contest_expressions_follow_the_grammar():
+    labels = [helper.contest_expression(np.random.default_rng(k)) for k in range(300)]
+    assert all(CONTEST_GRAMMAR.fullmatch(label) for label in labels), labels
+    assert all(expression_value(label) is not None for label in labels)
+    assert {len(label) for label in labels} == {5, 7}
+    assert {label.find('(') for label in labels} == {-1, 0, 2}
+    assert set(''.join(labels)) == set('0123456789+-*()')
+
+
+def test_random_text_keeps_to_the_charset_and_lengths():
+    spec = EXPRESSION._replace(text='random', charset='ab.', min_len=2, max_len=4)
+    labels = [helper.make_label(spec, np.random.default_rng(k)) for k in range(200)]
+    assert set(''.join(labels)) == set('ab.')
+    assert {len(label) for label in labels} == {2, 3, 4}
+
+
+def test_synth_writes_labelled_images_and_their_labels_file(tmp_path):
+    out_dir, labels_path = str(tmp_path / 'synth'), str(tmp_path / 'synth' / 'labels.txt')
+    helper.synth(EXPRESSION, 20, out_dir, labels_path, labelled_names=True, overwrite=False)
+    lines = open(labels_path).read().splitlines()
+    assert len(lines) == 20
+    for image_id, line in enumerate(lines):
+        name, label, value = line.split(' ')
+        assert name == '%d.png' % image_id and CONTEST_GRAMMAR.fullmatch(label)
+        assert int(value) == expression_value(label)
+        image = cv2.imread(os.path.join(out_dir, '%d_%s.png' % (image_id, label)), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (60, 180, 3)
+    assert len(os.listdir(out_dir)) == 21
+    with pytest.raises(UserError, match='already exists'):
+        helper.synth(EXPRESSION, 20, out_dir, labels_path, labelled_names=True, overwrite=False)
+
+
+def test_synth_without_labels_in_names_makes_a_set_rename_reads(tmp_path):
+    spec = EXPRESSION._replace(text='random', charset='0123456789', min_len=3, max_len=6, height=32, width=100)
+    helper.synth(spec, 8, str(tmp_path / 'plain'), str(tmp_path / 'labels.txt'), labelled_names=False,
+                 overwrite=False)
+    assert sorted(os.listdir(tmp_path / 'plain')) == ['%d.png' % i for i in range(8)]
+    labels = [line.split(' ')[1] for line in open(tmp_path / 'labels.txt').read().splitlines()]
+    train, val = rename(tmp_path, str(tmp_path / 'labels.txt'), str(tmp_path / 'plain'), train_size=8)
+    assert sorted(train) == sorted('%d_%s.png' % (k, label) for k, label in enumerate(labels))
+    assert cv2.imread(str(tmp_path / 'train' / train[0])).shape == (32, 100, 3)
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'text': 'random', 'charset': 'ab c'}, r"--charset='ab c' has ' '"),
+    ({'text': 'random', 'charset': '0é'}, r"has 'é'"),
+    ({'text': 'random', 'charset': 'a/'}, r"has '/'"),
+    ({'text': 'random', 'charset': 'aa'}, r'repeats'),
+    ({'text': 'random', 'charset': 'ab', 'min_len': 5, 'max_len': 4}, r'--min_len=5 --max_len=4'),
+    ({'text': 'random', 'charset': 'ab', 'max_len': 300}, r'longer than 255 bytes'),
+    ({'height': 8}, r'--image_height=8'),
+])
+def test_synth_refuses_flags_it_cannot_honour(tmp_path, changes, message):
+    with pytest.raises(UserError, match=message):
+        helper.synth(EXPRESSION._replace(**changes), 5, str(tmp_path), str(tmp_path / 'labels.txt'), True, False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_synth_refuses_no_images(tmp_path):
+    with pytest.raises(UserError, match='--num_images=0'):
+        helper.synth(EXPRESSION, 0, str(tmp_path), str(tmp_path / 'labels.txt'), True, False)
+
+
+# --- command line ------------------------------------------------------------
+
+def test_cli_synth_then_rename_without_mode(tmp_path):
+    synth = run_cli('--mode=synth', '--out_dir=%s' % (tmp_path / 'contest'), '--num_images=6', '--seed=5',
+                    '--nolabelled_names', '--labels_file=%s' % (tmp_path / 'labels.txt'), script='helper.py')
+    assert synth.returncode == 0, synth.stderr
+    assert 'wrote 6 images' in synth.stdout
+    split = run_cli('--labels_file=%s' % (tmp_path / 'labels.txt'), '--images_dir=%s' % (tmp_path / 'contest'),
+                    '--train_dir=%s' % (tmp_path / 'train'), '--val_dir=%s' % (tmp_path / 'val'), '--train_size=4',
+                    script='helper.py')
+    assert split.returncode == 0, split.stderr
+    assert 'copied 4 images' in split.stdout
+    assert (len(os.listdir(tmp_path / 'train')), len(os.listdir(tmp_path / 'val'))) == (4, 2)
+
+
+def test_cli_refuses_a_main_py_mode():
+    result = run_cli('--mode=train', script='helper.py')
+    assert result.returncode == 2
+    assert 'error: --mode=train' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_cli_names_the_missing_image(tmp_path):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 5)
+    os.remove(os.path.join(images_dir, '4.bmp'))
+    result = run_cli('--labels_file=%s' % labels_file, '--images_dir=%s' % images_dir, '--train_size=2',
+                     '--train_dir=%s' % (tmp_path / 'train'), '--val_dir=%s' % (tmp_path / 'val'), script='helper.py')
+    assert result.returncode == 2
+    assert 'error: ' in result.stderr and 'line 5 (4.*)' in result.stderr and 'Traceback' not in result.stderr
+    assert not os.path.exists(tmp_path / 'train')
