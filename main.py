@@ -257,6 +257,9 @@ def report_validation(results, step=None):
     for i in order[:SAMPLES_SHOWN]:
         log.info('  %-30s label %-12s read %-12s %s', os.path.basename(results['paths'][i]), labels[i],
                  predictions[i], 'ok' if predictions[i] == labels[i] else 'WRONG')
+    if not any(predictions):
+        log.info('  every reading is empty: normal early in CTC training (the blank is learnt first); if it lasts '
+                 'thousands of steps, try another --initial_learning_rate and check that file names match images')
     return accuracy, cer
 
 

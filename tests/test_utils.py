@@ -1,6 +1,7 @@
 """utils.py: label parsing, charset, sparse labels, metrics, folder checks and the image pipeline."""
 import os
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -164,3 +165,16 @@ def test_expression_value_of_arithmetic(text, value):
                                   '-3', '(1,2)', '1_0', None])
 def test_expression_value_refuses_anything_else(text):
     assert utils.expression_value(text) is None
+
+
+def test_read_image_takes_16_bit_alpha_and_palette_like_inputs(tmp_path):
+    deep = (np.random.default_rng(0).integers(0, 65535, (40, 120))).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / 'deep.png'), deep)
+    rgba = np.zeros((40, 120, 4), np.uint8)
+    rgba[..., 3] = 255
+    cv2.imwrite(str(tmp_path / 'alpha.png'), rgba)
+    cv2.imwrite(str(tmp_path / 'grey.jpg'), np.full((20, 30), 128, np.uint8))
+    for name in ('deep.png', 'alpha.png', 'grey.jpg'):
+        for channels in (1, 3):
+            image, ok = utils.read_image(str(tmp_path / name), 60, 180, channels)
+            assert ok and image.shape == (60, 180, channels) and image.dtype == np.uint8, (name, channels)
