@@ -387,13 +387,13 @@ def train():
         if FLAGS.max_steps and step >= FLAGS.max_steps:
             log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
             return
-        started, started_step, interrupted = time.time(), step, False
+        first_step, started, started_step, interrupted = step + 1, time.time(), step, False
         try:
             while not FLAGS.max_steps or step < FLAGS.max_steps:
                 fetched, summary = session.run([training, summaries])
                 step = fetched['step']
                 check_finite(step, fetched)
-                if step % LOG_EVERY_STEPS == 0 or step == started_step + 1:
+                if step % LOG_EVERY_STEPS == 0 or step in (first_step, FLAGS.max_steps):
                     speed = (step - started_step) * FLAGS.batch_size / (time.time() - started)
                     log.info('step %d epoch %.2f loss %.4f lr %.6f %.1f images/s', step,
                              step * FLAGS.batch_size / train_count, fetched['loss'], fetched['rate'], speed)

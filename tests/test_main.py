@@ -33,6 +33,7 @@ def trained(dataset):
 def test_train_logs_validates_and_saves(trained):
     tmp_path, result = trained
     assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.001000 [\d.]+ images/s', result.stdout)
+    assert 'step 1 epoch' in result.stdout and 'step 3 epoch' not in result.stdout  # every 10 steps, first, last
     assert 'step 2: validation accuracy' in result.stdout and ' label ' in result.stdout
     saved = os.listdir(tmp_path / 'checkpoint')
     assert 'ocr-model-3.index' in saved and 'ocr-model-4.index' in saved
