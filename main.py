@@ -6,6 +6,7 @@ infer: restores it and writes the reading of every image of infer_dir to infer_o
 """
 import json
 import os
+import signal
 import sys
 import time
 
@@ -314,6 +315,20 @@ def build_training(arch, batch, global_step, devices=None):
     return {'losses': losses, 'loss': loss, 'rate': rate, 'step': next_step, 'paths': batch['paths']}
 
 
+def stop_on_ctrl_c():
+    """A list that Ctrl-C appends to, so that training stops after the step in progress and saves; a second
+    Ctrl-C interrupts at once. (An exception raised in the middle of a session run can leave its input pipeline
+    waiting forever.)"""
+    requested = []
+
+    def request_stop(signum, frame):
+        requested.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, request_stop)
+    return requested
+
+
 def check_finite(step, fetched):
     """A non-finite loss stops training before anything is saved, naming the images whose loss it was."""
     if np.isfinite(fetched['loss']):
@@ -387,9 +402,10 @@ def train():
         if FLAGS.max_steps and step >= FLAGS.max_steps:
             log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
             return
-        first_step, started, started_step, interrupted = step + 1, time.time(), step, False
+        first_step, started, started_step = step + 1, time.time(), step
+        interrupted = stop_on_ctrl_c()
         try:
-            while not FLAGS.max_steps or step < FLAGS.max_steps:
+            while (not FLAGS.max_steps or step < FLAGS.max_steps) and not interrupted:
                 fetched, summary = session.run([training, summaries])
                 step = fetched['step']
                 check_finite(step, fetched)
@@ -407,9 +423,8 @@ def train():
                     saved_step = step
         except tf.errors.OutOfRangeError:
             log.info('finished --num_epochs=%d', FLAGS.num_epochs)
-        except KeyboardInterrupt:
+        if interrupted:
             log.info('interrupted at step %d', step)
-            interrupted = True
         if step != saved_step:
             save(step)
         if step != validated_step and not interrupted:

@@ -217,12 +217,16 @@ def test_restore_with_another_architecture_is_refused(trained):
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(dataset):
     command = [sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', '--batch_size=8',
                '--validation_steps=100000', '--save_steps=100000', *SMALL_MODEL_FLAGS, *folders(dataset)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    for line in process.stdout:
-        if line.startswith('step 10 '):
-            process.send_signal(signal.SIGINT)
-            break
-    out, err = process.communicate(timeout=120)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    try:
+        for line in process.stdout:
+            if line.startswith('step 10 '):
+                process.send_signal(signal.SIGINT)
+                break
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 0, err
     assert re.search(r'interrupted at step (\d+)', out)
     step = int(re.search(r'interrupted at step (\d+)', out).group(1))
