@@ -99,6 +99,7 @@ flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<la
 FLAGS = flags.FLAGS
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
+CACHE_BYTES = 256 * 2 ** 20  # image_dataset keeps the decoded images of a data set that fits
 
 log = logging.getLogger('ocr')
 
@@ -184,7 +185,8 @@ def list_images(directory, flag_name):
     names = sorted(os.listdir(directory), key=natural_key)
     images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
               and os.path.isfile(os.path.join(directory, n))]
-    others = [n for n in names if n not in images]
+    image_set = set(images)
+    others = [n for n in names if n not in image_set]
     if not images:
         raise UserError('--%s=%s holds no images (%s)' % (flag_name, directory, '/'.join(IMAGE_EXTENSIONS)))
     if others:
@@ -236,31 +238,65 @@ def read_image(path, height, width, channels):
     return image.reshape(height, width, channels), True
 
 
+class LabelledImages:
+    """The images of a data set by number: paths and labels held in Python, each image decoded when asked for.
+
+    When all the decoded images fit in cache_bytes they are kept after their first reading, so that later epochs
+    and validations read no file; label_ids are the charset classes of each label padded with -1.
+    """
+
+    def __init__(self, paths, labels, charset, shape, cache_bytes):
+        self.paths, self.shape = paths, shape
+        self.labels = labels if labels is not None else [''] * len(paths)
+        self.label_ids = np.full((len(self.labels), max(1, max(len(label) for label in self.labels))), -1, np.int32)
+        for row, label in enumerate(self.labels):
+            self.label_ids[row, :len(label)] = charset.encode(label)
+        self.cache = {} if len(paths) * int(np.prod(shape)) <= cache_bytes else None
+
+    def image(self, index):
+        """(uint8 [h, w, c], ok) of image number index, as read_image gives it."""
+        image_ok = self.cache.get(index) if self.cache is not None else None
+        if image_ok is None:
+            image_ok = read_image(self.paths[index], *self.shape)
+            if self.cache is not None:
+                self.cache[index] = image_ok
+        return image_ok
+
+    def read(self, indices):
+        """image numbers [n] -> images [n, h, w, c], ok [n], paths [n], labels [n], label_ids [n, max_len]"""
+        indices = [int(index) for index in indices]
+        images, ok = zip(*[self.image(index) for index in indices])
+        return (np.stack(images), np.array(ok), np.array([self.paths[index].encode() for index in indices], object),
+                np.array([self.labels[index].encode() for index in indices], object), self.label_ids[indices])
+
+
 def image_dataset(paths, labels, charset, batch_size, shape, shuffle=False, seed=0, repeat=1,
-                  keep_unreadable=False):
+                  keep_unreadable=False, cache_bytes=CACHE_BYTES):
     """A streaming pipeline of batches {images uint8 [b, h, w, c], labels [b], label_ids [b, n], paths [b], ok [b]}.
 
-    Only file names and labels are held; images are decoded in parallel as batches are asked for. label_ids
-    are the charset classes of each label padded with -1. Unreadable images are dropped (with a warning)
-    unless keep_unreadable, when they come as zeros with ok False. The last batch is kept even when partial.
+    The graph holds image numbers (shuffled as the names themselves would be), never the names, which TensorFlow
+    would copy at every graph optimisation and checkpoint; a batch of numbers is read in one Python call
+    (LabelledImages: decoded images cached when they fit in cache_bytes), batches in parallel. Unreadable images
+    are dropped (with a warning) unless keep_unreadable, when they come as zeros with ok False. The last batch is
+    kept even when partial.
     """
-    labels = labels if labels is not None else [''] * len(paths)
-    label_ids = np.full((len(labels), max(1, max(len(label) for label in labels))), -1, np.int32)
-    for row, label in enumerate(labels):
-        label_ids[row, :len(label)] = charset.encode(label)
+    images = LabelledImages(paths, labels, charset, shape, cache_bytes)
 
-    def decode(path, label, ids):
-        image, ok = tf.numpy_function(lambda p: read_image(p, *shape), [path], [tf.uint8, tf.bool], stateful=False)
-        image.set_shape(shape)
-        ok.set_shape([])
-        return {'images': image, 'labels': label, 'label_ids': ids, 'paths': path, 'ok': ok}
+    def read(indices):
+        outputs = tf.numpy_function(images.read, [indices], [tf.uint8, tf.bool, tf.string, tf.string, tf.int32],
+                                    stateful=False)
+        shapes = [[None, *shape], [None], [None], [None], [None, images.label_ids.shape[1]]]
+        for tensor, tensor_shape in zip(outputs, shapes):
+            tensor.set_shape(tensor_shape)
+        return dict(zip(['images', 'ok', 'paths', 'labels', 'label_ids'], outputs))
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels, label_ids))
+    dataset = tf.data.Dataset.range(len(paths))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat(repeat).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.repeat(repeat).batch(batch_size)
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
     if not keep_unreadable:
-        dataset = dataset.filter(lambda batch: batch['ok'])
+        dataset = dataset.filter(lambda image: image['ok'])
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

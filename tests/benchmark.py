@@ -1,0 +1,546 @@
+"""Speed of the recogniser on this machine: a script, not a test (pytest collects only test_*.py).
+
+    python tests/benchmark.py                        # everything, about 8 minutes on 2 cores
+    python tests/benchmark.py --parts=train --rounds=4
+
+At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_size, for fp32 and bf16:
+  train     training images/s on an in-memory batch (compute only);
+  infer     inference images/s with the greedy and the beam decoder;
+  pipeline  training images/s fed by main.py's input pipeline from an image folder, and the time a step waits in
+            the iterator for its batch (from traced steps);
+  startup   seconds from starting `main.py --mode=train` on a generated 100k-image folder to its first step, and
+            the peak memory (RSS high-water mark) of that run.
+Each speed is set against the FLOP-bound limit: the machine's own fp32 matrix-multiply GFLOP/s (a 4096^2 tf.matmul)
+divided by the model's FLOPs per image, counted from the layer shapes (training: forward + gradients).
+
+The machine may be shared: every figure of a part is measured in rounds that take turns (matmul, fp32, bf16, ...),
+so that all see the same load, and the best round of each is reported (the median in brackets), like the matmul.
+A summary table in markdown ends the output.
+"""
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import REPO, random_labels, write_text_images  # conftest puts the repository on sys.path
+import cnn_lstm_otc_ocr as ocr  # noqa: E402
+import main  # noqa: E402
+import utils  # noqa: E402
+from utils import FLAGS  # noqa: E402
+
+v1 = tf.compat.v1
+
+PARTS = ('train', 'infer', 'pipeline', 'startup')
+PRECISIONS = ('fp32', 'bf16')
+DECODERS = ('greedy', 'beam')
+MATMUL_SIZE = 4096
+LABEL_CHARSET = '0123456789+-*'  # labels of the generated images
+FOLDER_IMAGES = 1024  # distinct images of the pipeline's folder (in the page cache after the first epoch)
+TARGETS = {'train_fraction': 0.85, 'infer_fraction': 0.85, 'bf16_speedup': 1.4, 'wait': 0.05, 'startup_s': 10.0,
+           'peak_bytes': 2 * 2 ** 30}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--parts', default=','.join(PARTS), help='comma-separated, of: %s' % ', '.join(PARTS))
+    parser.add_argument('--precisions', default=','.join(PRECISIONS), help='comma-separated, of: fp32, bf16')
+    parser.add_argument('--batch_size', type=int, default=128, help='images per step of train, infer, pipeline')
+    parser.add_argument('--warmup_steps', type=int, default=3, help='untimed steps of each session before timing')
+    parser.add_argument('--rounds', type=int, default=8, help='timed rounds of each part')
+    parser.add_argument('--startup_images', type=int, default=100000, help='images of the start-up folder')
+    parser.add_argument('--startup_runs', default='%d:fp32,128:fp32,128:bf16' % FLAGS['batch_size'].default,
+                        help='start-up runs, comma-separated batch_size:precision (the first is held to the '
+                        'targets; the default batch size is main.py\'s)')
+    args = parser.parse_args(argv)
+    args.startup_runs = [(int(run.split(':')[0]), run.split(':')[1]) for run in args.startup_runs.split(',')]
+    args.parts, args.precisions = args.parts.split(','), args.precisions.split(',')
+    for name, given, allowed in (('parts', args.parts, PARTS), ('precisions', args.precisions, PRECISIONS)):
+        unknown = [value for value in given if value not in allowed]
+        if unknown:
+            parser.error('--%s: unknown %s (choose from %s)' % (name, ', '.join(unknown), ', '.join(allowed)))
+    return args
+
+
+def cpu_name():
+    with open('/proc/cpuinfo') as cpuinfo:
+        names = re.findall(r'^model name\s*:\s*(.*)$', cpuinfo.read(), re.MULTILINE)
+    return names[0] if names else 'unknown CPU'
+
+
+def load():
+    """The 1-minute load average: other processes on the machine make every figure slower."""
+    return os.getloadavg()[0]
+
+
+# --- FLOPs -----------------------------------------------------------------------
+
+def layer_flops(arch):
+    """(name, forward FLOPs per image) of each conv, LSTM and dense layer, counted from their shapes: a
+    multiply-add is 2 FLOPs; batch norm, activations, pooling, the CTC loss and the decoders are left out."""
+    layers, height, width, channels = [], arch.image_height, arch.image_width, arch.image_channel
+    for name, filters, pool_height, pool_width in ocr.conv_units(arch):
+        layers.append((name, 2 * height * width * 3 * 3 * channels * filters))   # SAME conv, full resolution
+        height, width, channels = -(-height // pool_height), -(-width // pool_width), filters
+    steps, feature_height, feature_channels = ocr.feature_shape(arch)
+    inputs = feature_height * feature_channels
+    for layer in range(arch.rnn_layers):
+        layers.append(('lstm_%d' % (layer + 1), 2 * steps * (inputs + arch.num_hidden) * 4 * arch.num_hidden))
+        inputs = arch.num_hidden
+    layers.append(('logits', 2 * steps * inputs * (len(arch.charset) + 1)))
+    return layers
+
+
+def model_flops(arch):
+    """(forward, training) FLOPs per image. Training adds the weight gradients (as many FLOPs as the forward pass)
+    and the input gradients of every layer but the first, whose input (the image) needs none."""
+    layers = layer_flops(arch)
+    forward = sum(flops for _, flops in layers)
+    return forward, 2 * forward + sum(flops for _, flops in layers[1:])
+
+
+# --- timing in rounds ---------------------------------------------------------------
+
+class Rounds:
+    """Named step functions timed in turns: each round runs every one `block` times and keeps all but the first
+    `skip` durations of its block, so that a load that comes and goes falls on all of them alike. Figures are
+    medians; a ratio of two is the median of their ratios within each round."""
+
+    def __init__(self, block=1, skip=0):
+        self.steps, self.block, self.skip = collections.OrderedDict(), block, skip
+        self.times = collections.defaultdict(list)  # name -> [[seconds of each kept step] of each round]
+
+    def add(self, name, step, warmup_steps):
+        for _ in range(warmup_steps):
+            step()
+        self.steps[name] = step
+
+    def run(self, rounds):
+        for _ in range(rounds):
+            for name, step in self.steps.items():
+                kept = []
+                for index in range(self.block):
+                    started = time.perf_counter()
+                    step()
+                    if index >= self.skip:
+                        kept.append(time.perf_counter() - started)
+                self.times[name].append(kept)
+
+    def median(self, name):
+        return float(np.median(sum(self.times[name], [])))
+
+    def best(self, name):
+        return min(sum(self.times[name], []))
+
+    def ratio(self, name, other):
+        """Median over rounds of (seconds of `name`) / (seconds of `other`) in the same round."""
+        return float(np.median([np.median(mine) / np.median(theirs)
+                                for mine, theirs in zip(self.times[name], self.times[other])]))
+
+
+def session_step(session, fetches, **options):
+    return lambda: session.run(fetches, **options)
+
+
+def matmul_step(dtype, size=MATMUL_SIZE):
+    """A session step multiplying two [size, size] matrices (2 size^3 FLOPs), fetching one number of the product."""
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.Variable(tf.random.normal([size, size]))
+        b = tf.Variable(tf.random.normal([size, size]))
+        product = tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype))
+        corner = tf.reduce_sum(tf.cast(product[:1, :1], tf.float32))
+        session = v1.Session(graph=graph)
+        session.run(v1.global_variables_initializer())
+    return session, session_step(session, corner)
+
+
+def add_matmuls(rounds, sessions, warmup_steps):
+    for name, dtype in (('matmul fp32', tf.float32), ('matmul bf16', tf.bfloat16)):
+        session, step = matmul_step(dtype)
+        sessions.append(session)
+        rounds.add(name, step, warmup_steps)
+
+
+def matmul_gflops(rounds, precision):
+    """(median, best) GFLOP/s of the matmul of `precision`."""
+    flops = 2.0 * MATMUL_SIZE ** 3 / 1e9
+    return flops / rounds.median('matmul %s' % precision), flops / rounds.best('matmul %s' % precision)
+
+
+def limit_fraction(rounds, name, flops_per_step):
+    """Median over rounds of the FLOP rate of step `name` over that of the fp32 matmul in the same round."""
+    return flops_per_step / (2.0 * MATMUL_SIZE ** 3) * rounds.ratio('matmul fp32', name)
+
+
+# --- data --------------------------------------------------------------------------
+
+def write_images(folder, count, seed=0):
+    """`count` labelled 60x180 images `<index>_<label>.png` of random digit and operator strings."""
+    return write_text_images(folder, random_labels(count, LABEL_CHARSET, seed=seed), size=(60, 180), seed=seed)
+
+
+def constant_dataset(batch):
+    """A maker of a dataset of the same in-memory batch again and again: input that costs nothing."""
+    return lambda: tf.data.Dataset.from_tensors(batch).repeat()
+
+
+def folder_dataset(folder, arch, batch_size, **options):
+    """A maker of main.py's training pipeline over a folder: shuffled, repeated, decoded as it goes; with
+    cache_bytes=0 every image is read from its file every epoch, as from a folder too large to cache."""
+    charset = utils.Charset(arch.charset)
+    return lambda: main.labelled_set(folder, 'train_dir', arch, charset, batch_size, shuffle=True, repeat=-1,
+                                     **options)[0]
+
+
+def first_batch(folder, arch, batch_size):
+    """One batch (numpy) of the real pipeline over a folder."""
+    with tf.Graph().as_default():
+        dataset = folder_dataset(folder, arch, batch_size)()
+        with v1.Session() as session:
+            return session.run(v1.data.make_one_shot_iterator(dataset).get_next())
+
+
+# --- the model's sessions ------------------------------------------------------------
+
+def training_session(arch, precision, make_dataset):
+    """A session of main.py's training step at `precision` on batches of make_dataset()."""
+    FLAGS.precision = precision
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(0)
+        batch = v1.data.make_one_shot_iterator(make_dataset()).get_next()
+        training = main.build_training(arch, batch, v1.train.get_or_create_global_step())
+        session = v1.Session(graph=graph, config=main.session_config())
+        session.run(v1.global_variables_initializer())
+    return session, training
+
+
+def inference_session(arch, precision, decoder, make_dataset):
+    """A session of main.py's reader (logits and `decoder`) at `precision`; fetches the decoded batch."""
+    FLAGS.precision, FLAGS.decoder = precision, decoder
+    graph = tf.Graph()
+    with graph.as_default():
+        initializer, fetches = main.build_reader(arch, make_dataset(), 'infer')
+        session = v1.Session(graph=graph, config=main.session_config())
+        session.run(v1.global_variables_initializer())
+        session.run(initializer)
+    return session, fetches['decoded']
+
+
+def iterator_wait(session, fetches, steps):
+    """Median seconds per step that IteratorGetNext ran, i.e. the step waited for its batch, from traced steps."""
+    options = v1.RunOptions(trace_level=v1.RunOptions.SOFTWARE_TRACE)
+    waits = []
+    for _ in range(steps):
+        metadata = v1.RunMetadata()
+        session.run(fetches, options=options, run_metadata=metadata)
+        waits.append(sum(node.all_end_rel_micros for device in metadata.step_stats.dev_stats
+                         for node in device.node_stats if node.node_name.startswith('IteratorGetNext')) / 1e6)
+    return float(np.median(waits))
+
+
+def close(sessions):
+    for session in sessions:
+        session.close()
+    sessions.clear()
+
+
+# --- start-up on a large folder ------------------------------------------------------
+
+def write_large_folder(folder, count, sources):
+    """`count` files `<index>_<label>.png`, each a copy of one of the source images (with its label)."""
+    os.makedirs(folder)
+    encoded = []
+    for path in sources:
+        with open(path, 'rb') as file:
+            encoded.append((utils.label_from_filename(path), file.read()))
+    for index in range(count):
+        label, data = encoded[index % len(encoded)]
+        with open(os.path.join(folder, '%d_%s.png' % (index, label)), 'wb') as file:
+            file.write(data)
+
+
+# Runs a command and prints its peak RSS. A child forked from this large process and exec'd would report at least
+# this process's RSS as its own high-water mark (Linux keeps the pre-exec mark); one forked from a small one does not.
+PEAK_RSS = ('import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); '
+            'print("peak_rss_kib=%d" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)')
+
+
+def startup(train_dir, val_dir, work_dir, flags):
+    """main.py --mode=train for one step: seconds to its log line of the training set (files listed), seconds to
+    its first step's log line, and its peak RSS in bytes (the whole run: one step, a validation, a save)."""
+    command = [sys.executable, '-c', PEAK_RSS, sys.executable, os.path.join(REPO, 'main.py'), '--mode=train',
+               '--train_dir=%s' % train_dir,
+               '--val_dir=%s' % val_dir, '--checkpoint_dir=%s' % os.path.join(work_dir, 'checkpoint'),
+               '--log_dir=%s' % os.path.join(work_dir, 'log'), '--max_steps=1'] + flags
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                               env=dict(os.environ, PYTHONUNBUFFERED='1'))  # each log line as it is written
+    listed = first_step = peak = None
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if listed is None and line.startswith('training on '):
+            listed = time.perf_counter() - started
+        if first_step is None and re.match(r'step 1 ', line):
+            first_step = time.perf_counter() - started
+        if line.startswith('peak_rss_kib='):
+            peak = int(line.split('=')[1]) * 1024
+    if process.wait() != 0 or first_step is None or peak is None:
+        raise RuntimeError('%s failed:\n%s' % (' '.join(command), ''.join(output)))
+    return listed, first_step, peak
+
+
+# --- the parts -------------------------------------------------------------------------
+
+def report(name, value, unit, note=''):
+    print('  %-40s %9s %-9s %s' % (name, value, unit, note), flush=True)
+
+
+def report_matmuls(rounds, limit_name, flops_per_image):
+    for precision in ('fp32', 'bf16'):
+        median, best = matmul_gflops(rounds, precision)
+        note = 'best %.1f' % best
+        if precision == 'fp32':
+            note += '; limit %.1f %s images/s' % (median * 1e9 / flops_per_image, limit_name)
+        report('matmul %d^2 %s' % (MATMUL_SIZE, precision), '%.1f' % median, 'GFLOP/s', note)
+
+
+def part_train(args, arch, batch, results):
+    _, training = model_flops(arch)
+    rounds, sessions = Rounds(), []
+    add_matmuls(rounds, sessions, args.warmup_steps)
+    for precision in args.precisions:
+        session, fetches = training_session(arch, precision, constant_dataset(batch))
+        sessions.append(session)
+        rounds.add(precision, session_step(session, fetches), args.warmup_steps)
+    rounds.run(args.rounds)
+    close(sessions)
+    print('train: %d rounds, load %.1f' % (args.rounds, load()))
+    report_matmuls(rounds, 'training', training)
+    for precision in args.precisions:
+        speed = args.batch_size / rounds.median(precision)
+        results['train', precision] = speed
+        results['train_fraction', precision] = limit_fraction(rounds, precision, training * args.batch_size)
+        report('%s training' % precision, '%.1f' % speed, 'images/s', '%.0f%% of the limit (best %.1f)' % (
+            100 * results['train_fraction', precision], args.batch_size / rounds.best(precision)))
+    if set(PRECISIONS) <= set(args.precisions):
+        results['train_speedup'] = rounds.ratio('fp32', 'bf16')
+        report('bf16 / fp32 training', '%.2f' % results['train_speedup'], 'x')
+
+
+def part_infer(args, arch, batch, results):
+    forward, _ = model_flops(arch)
+    rounds, sessions = Rounds(), []
+    add_matmuls(rounds, sessions, args.warmup_steps)
+    for precision in args.precisions:
+        for decoder in DECODERS:
+            session, fetches = inference_session(arch, precision, decoder, constant_dataset(batch))
+            sessions.append(session)
+            rounds.add((precision, decoder), session_step(session, fetches), args.warmup_steps)
+    rounds.run(2 * args.rounds)
+    close(sessions)
+    print('infer: %d rounds, load %.1f' % (2 * args.rounds, load()))
+    report_matmuls(rounds, 'inference', forward)
+    for precision in args.precisions:
+        for decoder in DECODERS:
+            speed = args.batch_size / rounds.median((precision, decoder))
+            results[decoder, precision] = speed
+            results['%s_fraction' % decoder, precision] = limit_fraction(rounds, (precision, decoder),
+                                                                          forward * args.batch_size)
+            report('%s inference, %s' % (precision, decoder), '%.1f' % speed, 'images/s',
+                   '%.0f%% of the limit (best %.1f)' % (100 * results['%s_fraction' % decoder, precision],
+                                                        args.batch_size / rounds.best((precision, decoder))))
+    if set(PRECISIONS) <= set(args.precisions):
+        for decoder in DECODERS:
+            results['%s_speedup' % decoder] = rounds.ratio(('fp32', decoder), ('bf16', decoder))
+            report('bf16 / fp32 %s inference' % decoder, '%.2f' % results['%s_speedup' % decoder], 'x')
+
+
+def part_pipeline(args, arch, batch, folder, results):
+    """Training steps streaming from the image folder (no cache, as from a folder too large for one) against steps
+    from an in-memory batch, in blocks of 4 (the first of a block left out: it may find the prefetch buffer refilled
+    while other sessions ran); the step's wait for its batch from traced steps; then the time a validation pass
+    over the folder spends reading its images, from the files and from the cache."""
+    rounds, sessions, traced = Rounds(block=4, skip=1), [], {}
+    for precision in args.precisions:
+        for source, make_dataset in (('memory', constant_dataset(batch)),
+                                     ('folder', folder_dataset(folder, arch, args.batch_size, cache_bytes=0))):
+            session, fetches = training_session(arch, precision, make_dataset)
+            sessions.append(session)
+            rounds.add((precision, source), session_step(session, fetches), args.warmup_steps)
+            if source == 'folder':
+                traced[precision] = session, fetches
+    rounds.run(max(2, args.rounds // 2))
+    waits = {precision: iterator_wait(session, fetches, 4) for precision, (session, fetches) in traced.items()}
+    close(sessions)
+    print('pipeline: %d rounds, load %.1f' % (max(2, args.rounds // 2), load()))
+    for precision in args.precisions:
+        step = rounds.median((precision, 'folder'))
+        results['wait', precision] = waits[precision] / step
+        report('%s training from the folder' % precision, '%.1f' % (args.batch_size / step), 'images/s',
+               '%.1f%% slower than from memory' % (100 * (rounds.ratio((precision, 'folder'), (precision, 'memory'))
+                                                          - 1)))
+        report('%s step waiting for its batch' % precision, '%.2f' % (100 * waits[precision] / step), '%',
+               '%.1f ms of a %.0f ms step' % (1e3 * waits[precision], 1e3 * step))
+    validation_pass = validation_time(arch, folder, args.batch_size)
+    report('fp32 validation pass (beam)', '%.2f' % validation_pass, 's', '%d images' % FOLDER_IMAGES)
+    for name, cache_bytes in (('from files', 0), ('cached', utils.CACHE_BYTES)):
+        seconds = reading_time(arch, folder, args.batch_size, cache_bytes)
+        results['validation_reading', name] = seconds / validation_pass
+        report('  of which reading the images, %s' % name, '%.2f' % seconds, 's',
+               '%.1f%% of the pass' % (100 * seconds / validation_pass))
+
+
+def validation_time(arch, folder, batch_size, passes=3):
+    """Median seconds of main.py's validation of a folder (fp32, beam), after a first pass that fills the cache."""
+    FLAGS.precision, FLAGS.decoder = 'fp32', 'beam'
+    charset = utils.Charset(arch.charset)
+    with tf.Graph().as_default():
+        dataset, _ = main.labelled_set(folder, 'val_dir', arch, charset, batch_size)
+        reader = main.build_reader(arch, dataset, 'val')
+        with v1.Session(config=main.session_config()) as session:
+            session.run(v1.global_variables_initializer())
+            times = []
+            for _ in range(passes + 1):
+                started = time.perf_counter()
+                main.read_all(session, reader, charset)
+                times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))
+
+
+def reading_time(arch, folder, batch_size, cache_bytes, passes=3):
+    """Best seconds of a pass of main.py's validation pipeline alone over a folder, after a first pass."""
+    charset = utils.Charset(arch.charset)
+    with tf.Graph().as_default():
+        dataset, _ = main.labelled_set(folder, 'val_dir', arch, charset, batch_size, cache_bytes=cache_bytes)
+        iterator = v1.data.make_initializable_iterator(dataset)
+        batch = iterator.get_next()
+        with v1.Session() as session:
+            times = []
+            for _ in range(passes + 1):
+                session.run(iterator.initializer)
+                started = time.perf_counter()
+                try:
+                    while True:
+                        session.run(batch)
+                except tf.errors.OutOfRangeError:
+                    times.append(time.perf_counter() - started)
+    return min(times[1:])
+
+
+def part_startup(args, sources, work_dir, results):
+    """main.py --mode=train on a generated folder of --startup_images, once per --startup_runs entry."""
+    started = time.perf_counter()
+    large = os.path.join(work_dir, 'large')
+    write_large_folder(large, args.startup_images, sources)
+    written = time.perf_counter() - started
+    val_dir = os.path.join(work_dir, 'val')
+    write_images(val_dir, 200, seed=1)
+    print('startup: %d images (written in %.1f s), load %.1f' % (args.startup_images, written, load()))
+    for batch_size, precision in args.startup_runs:
+        run_dir = os.path.join(work_dir, 'startup_%d_%s' % (batch_size, precision))
+        listed, first_step, peak = startup(large, val_dir, run_dir, ['--batch_size=%d' % batch_size,
+                                                                      '--precision=%s' % precision])
+        results['startup', batch_size, precision] = first_step, peak
+        report('%s, batch %d: files listed' % (precision, batch_size), '%.1f' % listed, 's', 'after main.py started')
+        report('%s, batch %d: first step done' % (precision, batch_size), '%.1f' % first_step, 's',
+               'load %.1f' % load())
+        report('%s, batch %d: peak memory (RSS)' % (precision, batch_size), '%.0f' % (peak / 2 ** 20), 'MiB')
+    shutil.rmtree(large)
+
+
+# --- the summary ----------------------------------------------------------------------
+
+def summary(args, results):
+    """The figures as a markdown table: figure, value, target, met (blank where there is no target)."""
+    rows = []
+
+    def row(name, value, target='', met=None):
+        rows.append('| %s | %s | %s | %s |' % (name, value, target, '' if met is None else 'yes' if met else '**no**'))
+
+    for precision in args.precisions:
+        if ('train', precision) in results:
+            fraction = results['train_fraction', precision]
+            held = precision == 'fp32'
+            row('%s training, images/s (of the FLOP-bound limit)' % precision, '%.1f (%.0f%%)' % (
+                results['train', precision], 100 * fraction), '>= 85%' if held else '',
+                fraction >= TARGETS['train_fraction'] if held else None)
+        for decoder in DECODERS:
+            if (decoder, precision) in results:
+                fraction = results['%s_fraction' % decoder, precision]
+                held = precision == 'fp32' and decoder == 'greedy'
+                row('%s inference %s, images/s (of the limit)' % (precision, decoder), '%.1f (%.0f%%)' % (
+                    results[decoder, precision], 100 * fraction), '>= 85%' if held else '',
+                    fraction >= TARGETS['infer_fraction'] if held else None)
+    for kind, name in (('train', 'training'), ('greedy', 'greedy inference'), ('beam', 'beam inference')):
+        if '%s_speedup' % kind in results:
+            speedup = results['%s_speedup' % kind]
+            row('bf16 / fp32, %s' % name, '%.2fx' % speedup, '>= 1.4x', speedup >= TARGETS['bf16_speedup'])
+    for precision in args.precisions:
+        if ('wait', precision) in results:
+            row('%s step waiting for input, batch %d' % (precision, args.batch_size),
+                '%.2f%%' % (100 * results['wait', precision]), '< 5%', results['wait', precision] < TARGETS['wait'])
+    for source in ('from files', 'cached'):
+        if ('validation_reading', source) in results:
+            row('validation pass reading images %s' % source,
+                '%.1f%% of the pass' % (100 * results['validation_reading', source]))
+    for index, (batch_size, precision) in enumerate(args.startup_runs):
+        if ('startup', batch_size, precision) in results:
+            seconds, peak = results['startup', batch_size, precision]
+            held = index == 0
+            name = '%dk-image folder, %s batch %d' % (args.startup_images // 1000, precision, batch_size)
+            row(name + ': start to first step', '%.1f s' % seconds, '< 10 s' if held else '',
+                seconds < TARGETS['startup_s'] if held else None)
+            row(name + ': peak memory', '%.0f MiB' % (peak / 2 ** 20), '< 2048 MiB' if held else '',
+                peak < TARGETS['peak_bytes'] if held else None)
+    print('\n| figure | value | target | met |\n| --- | --- | --- | --- |\n' + '\n'.join(rows))
+
+
+def run_parts(args, work_dir):
+    FLAGS([sys.argv[0]])  # the project's defaults, so the default architecture
+    arch = main.architecture_from_flags()
+    forward, training = model_flops(arch)
+    print('model: %.3f GFLOP per image forward, %.3f training (counted from the layer shapes)' % (
+        forward / 1e9, training / 1e9))
+    folder = os.path.join(work_dir, 'images')
+    sources = write_images(folder, FOLDER_IMAGES)
+    batch = first_batch(folder, arch, args.batch_size)
+    FLAGS.batch_size = args.batch_size
+    results = {}
+    if 'train' in args.parts:
+        part_train(args, arch, batch, results)
+    if 'infer' in args.parts:
+        part_infer(args, arch, batch, results)
+    if 'pipeline' in args.parts:
+        part_pipeline(args, arch, batch, folder, results)
+    if 'startup' in args.parts:
+        part_startup(args, sources[:16], work_dir, results)
+    summary(args, results)
+
+
+def main_benchmark(argv):
+    args = parse_args(argv)
+    utils.setup_logging()
+    print('benchmark: batch %d, %s; TensorFlow %s; %d x %s%s; load %.1f' % (
+        args.batch_size, ', '.join(args.precisions), tf.__version__, os.cpu_count(), cpu_name(),
+        ' (bf16 instructions)' if main.cpu_has_bf16() else '', load()), flush=True)
+    started = time.perf_counter()
+    work_dir = tempfile.mkdtemp(prefix='ocr-benchmark-')
+    try:
+        run_parts(args, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    print('\nbenchmark took %.0f s' % (time.perf_counter() - started))
+
+
+if __name__ == '__main__':
+    main_benchmark(sys.argv[1:])
