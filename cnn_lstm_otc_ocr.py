@@ -64,18 +64,16 @@ def conv_unit(inputs, name, filters, pool, leakiness, training):
     with v1.variable_scope(name):
         kernel = v1.get_variable('kernel', [3, 3, inputs.shape[-1], filters],
                                  initializer=v1.initializers.he_normal())
-        if not training:
+        if training:
+            outputs = batch_norm(tf.nn.conv2d(inputs, kernel, strides=1, padding='SAME'), training)  # [b, h, w, f]
+        else:
             scale, shift = frozen_batch_norm(filters)
-            outputs = tf.nn.conv2d(inputs, kernel * scale, strides=1, padding='SAME')   # [b, h, w, filters]
-            outputs = tf.nn.leaky_relu(tf.nn.bias_add(outputs, shift), alpha=leakiness)
-            return tf.nn.max_pool2d(outputs, ksize=pool, strides=pool, padding='SAME')
-        outputs = tf.nn.conv2d(inputs, kernel, strides=1, padding='SAME')   # [b, h, w, filters]
-        outputs = batch_norm(outputs, training)
-        if leakiness < 0:
-            outputs = tf.nn.leaky_relu(outputs, alpha=leakiness)
-            return tf.nn.max_pool2d(outputs, ksize=pool, strides=pool, padding='SAME')
-        outputs = tf.nn.max_pool2d(outputs, ksize=pool, strides=pool, padding='SAME')
-        return tf.nn.leaky_relu(outputs, alpha=leakiness)
+            outputs = tf.nn.bias_add(tf.nn.conv2d(inputs, kernel * scale, strides=1, padding='SAME'), shift)
+        if training and leakiness >= 0:
+            outputs = tf.nn.max_pool2d(outputs, ksize=pool, strides=pool, padding='SAME')   # [b, h/ph, w/pw, f]
+            return tf.nn.leaky_relu(outputs, alpha=leakiness)
+        outputs = tf.nn.leaky_relu(outputs, alpha=leakiness)
+        return tf.nn.max_pool2d(outputs, ksize=pool, strides=pool, padding='SAME')       # [b, h/ph, w/pw, f]
 
 
 def batch_norm_variables(channels):

@@ -1,6 +1,6 @@
 """Speed of the recogniser on this machine: a script, not a test (pytest collects only test_*.py).
 
-    python tests/benchmark.py                        # everything, about 8 minutes on 2 cores
+    python tests/benchmark.py                        # everything: 5 to 10 minutes on 2 cores
     python tests/benchmark.py --parts=train --rounds=4
 
 At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_size, for fp32 and bf16:
@@ -13,9 +13,9 @@ At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_siz
 Each speed is set against the FLOP-bound limit: the machine's own fp32 matrix-multiply GFLOP/s (a 4096^2 tf.matmul)
 divided by the model's FLOPs per image, counted from the layer shapes (training: forward + gradients).
 
-The machine may be shared: every figure of a part is measured in rounds that take turns (matmul, fp32, bf16, ...),
-so that all see the same load, and the best round of each is reported (the median in brackets), like the matmul.
-A summary table in markdown ends the output.
+The machine may be shared: every figure of a part is measured in rounds that take turns (matmul, fp32, bf16, ...)
+so that all see the same load. Speeds are medians (the best step in brackets); a fraction of the limit or a bf16
+speed-up is the median over rounds of the ratio within a round. A summary table in markdown ends the output.
 """
 import argparse
 import collections
@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import REPO, random_labels, write_text_images  # conftest puts the repository on sys.path
-import cnn_lstm_otc_ocr as ocr  # noqa: E402
-import main  # noqa: E402
-import utils  # noqa: E402
-from utils import FLAGS  # noqa: E402
+import cnn_lstm_otc_ocr as ocr
+import main
+import utils
+from utils import FLAGS
 
 v1 = tf.compat.v1
 
@@ -145,8 +145,8 @@ class Rounds:
                                 for mine, theirs in zip(self.times[name], self.times[other])]))
 
 
-def session_step(session, fetches, **options):
-    return lambda: session.run(fetches, **options)
+def session_step(session, fetches):
+    return lambda: session.run(fetches)
 
 
 def matmul_step(dtype, size=MATMUL_SIZE):
@@ -278,9 +278,9 @@ def startup(train_dir, val_dir, work_dir, flags):
     """main.py --mode=train for one step: seconds to its log line of the training set (files listed), seconds to
     its first step's log line, and its peak RSS in bytes (the whole run: one step, a validation, a save)."""
     command = [sys.executable, '-c', PEAK_RSS, sys.executable, os.path.join(REPO, 'main.py'), '--mode=train',
-               '--train_dir=%s' % train_dir,
-               '--val_dir=%s' % val_dir, '--checkpoint_dir=%s' % os.path.join(work_dir, 'checkpoint'),
-               '--log_dir=%s' % os.path.join(work_dir, 'log'), '--max_steps=1'] + flags
+               '--train_dir=%s' % train_dir, '--val_dir=%s' % val_dir, '--max_steps=1',
+               '--checkpoint_dir=%s' % os.path.join(work_dir, 'checkpoint'),
+               '--log_dir=%s' % os.path.join(work_dir, 'log')] + flags
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                                env=dict(os.environ, PYTHONUNBUFFERED='1'))  # each log line as it is written
