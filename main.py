@@ -26,6 +26,9 @@ ARCHITECTURE_FILE = 'architecture.json'
 CHECKPOINT_PREFIX = 'ocr-model'
 BEST_DIR = 'best'
 BEST_FILE = 'best.json'
+EXPORT_RECORD_FILE = 'model.json'
+# The contest model that ships with the tool (README: the shipped model), used while ./checkpoint/ is empty.
+SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imgs', 'model')
 LOG_EVERY_STEPS = 10
 SAMPLES_SHOWN = 5
 
@@ -34,8 +37,8 @@ SAMPLES_SHOWN = 5
 
 def check_flags():
     """Flags whose values cannot work, each named with its value."""
-    if FLAGS.mode not in ('train', 'val', 'infer'):
-        raise UserError('--mode=%s: main.py runs train, val or infer' % FLAGS.mode)
+    if FLAGS.mode not in ('train', 'val', 'infer', 'export'):
+        raise UserError('--mode=%s: main.py runs train, val, infer or export' % FLAGS.mode)
     at_least_one = ['batch_size', 'save_steps', 'validation_steps', 'decay_steps', 'beam_width', 'num_epochs']
     for name in at_least_one:
         if getattr(FLAGS, name) < 1:
@@ -94,9 +97,9 @@ def architecture_from_flags():
     return ocr.Architecture(**{name: getattr(FLAGS, name) for name in ocr.Architecture._fields})
 
 
-def load_architecture():
-    """The architecture saved in checkpoint_dir, or None when there is none."""
-    path = os.path.join(FLAGS.checkpoint_dir, ARCHITECTURE_FILE)
+def load_architecture(directory):
+    """The architecture saved in a model folder, or None when there is none."""
+    path = os.path.join(directory, ARCHITECTURE_FILE)
     if not os.path.exists(path):
         return None
     try:
@@ -107,20 +110,20 @@ def load_architecture():
         raise UserError('%s is not a valid architecture file of this version (%s)' % (path, error))
 
 
-def save_architecture(arch):
-    os.makedirs(FLAGS.checkpoint_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.checkpoint_dir, ARCHITECTURE_FILE), 'w') as file:
+def save_architecture(arch, directory):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ARCHITECTURE_FILE), 'w') as file:
         json.dump(arch._asdict(), file, indent=2)
         file.write('\n')
 
 
-def resolve_architecture(saved):
+def resolve_architecture(saved, directory):
     """The saved architecture where there is one (a flag given on the command line must agree), else the flags."""
     if saved is None:
         arch = architecture_from_flags()
     else:
-        conflicts = ['--%s=%r but the model in --checkpoint_dir=%s has %s=%r' % (
-            name, getattr(FLAGS, name), FLAGS.checkpoint_dir, name, getattr(saved, name))
+        conflicts = ['--%s=%r but the model in %s has %s=%r' % (
+            name, getattr(FLAGS, name), directory, name, getattr(saved, name))
             for name in ocr.Architecture._fields
             if FLAGS[name].present and getattr(FLAGS, name) != getattr(saved, name)]
         if conflicts:
@@ -130,44 +133,55 @@ def resolve_architecture(saved):
     return arch
 
 
-def latest_checkpoint():
-    """The newest rolling checkpoint of checkpoint_dir, or None."""
-    return tf.train.latest_checkpoint(FLAGS.checkpoint_dir) if os.path.isdir(FLAGS.checkpoint_dir) else None
+def latest_checkpoint(directory):
+    """The newest rolling checkpoint of a model folder, or None."""
+    return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
 
 
-def best_dir():
-    return os.path.join(FLAGS.checkpoint_dir, BEST_DIR)
+def best_dir(directory):
+    return os.path.join(directory, BEST_DIR)
 
 
-def best_checkpoint():
-    """The best validated model of checkpoint_dir and its record {step, accuracy, cer}, or (None, None)."""
-    path = tf.train.latest_checkpoint(best_dir()) if os.path.isdir(best_dir()) else None
+def best_checkpoint(directory):
+    """The best validated model of a model folder and its record {step, accuracy, cer}, or (None, None)."""
+    path = tf.train.latest_checkpoint(best_dir(directory)) if os.path.isdir(best_dir(directory)) else None
     if path is None:
         return None, None
-    with open(os.path.join(best_dir(), BEST_FILE)) as file:
+    with open(os.path.join(best_dir(directory), BEST_FILE)) as file:
         return path, json.load(file)
 
 
-def restore_model():
-    """Architecture and checkpoint of the model to use (--checkpoint); no model there is an error."""
-    best, record = best_checkpoint()
-    latest = latest_checkpoint()
+def model_dir():
+    """The model folder of val, infer and export: --checkpoint_dir, or the shipped model while that flag is left
+    at its default and the default folder holds no model yet."""
+    directory = FLAGS.checkpoint_dir
+    if FLAGS['checkpoint_dir'].present or latest_checkpoint(directory) or best_checkpoint(directory)[0]:
+        return directory
+    log.info('no model in %s yet: using the shipped contest model in %s (--checkpoint_dir chooses another)',
+             directory, SHIPPED_MODEL_DIR)
+    return SHIPPED_MODEL_DIR
+
+
+def restore_model(directory):
+    """Architecture, checkpoint and validation record (None for a checkpoint that is not the best) of the model of
+    a folder that --checkpoint chooses; no model there is an error."""
+    best, record = best_checkpoint(directory)
+    latest = latest_checkpoint(directory)
     if FLAGS.checkpoint == 'best' and best:
         log.info('using the best validated model: step %d, accuracy %.4f, CER %.4f',
                  record['step'], record['accuracy'], record['cer'])
         checkpoint = best
     elif FLAGS.checkpoint == 'best' and FLAGS['checkpoint'].present:
-        raise UserError('--checkpoint=best: no validated model in %s' % best_dir())
+        raise UserError('--checkpoint=best: no validated model in %s' % best_dir(directory))
     else:
-        checkpoint = latest
+        checkpoint, record = latest, None
     if checkpoint is None:
         raise UserError('no checkpoint in --checkpoint_dir=%s: train a model first (--mode=train) '
-                        'or point --checkpoint_dir at one' % FLAGS.checkpoint_dir)
-    saved = load_architecture()
+                        'or point --checkpoint_dir at one' % directory)
+    saved = load_architecture(directory)
     if saved is None:
-        log.warning('warning: %s has no %s; building the model from the flags', FLAGS.checkpoint_dir,
-                    ARCHITECTURE_FILE)
-    return resolve_architecture(saved), checkpoint
+        log.warning('warning: %s has no %s; building the model from the flags', directory, ARCHITECTURE_FILE)
+    return resolve_architecture(saved, directory), checkpoint, record
 
 
 def check_schedule():
@@ -343,13 +357,14 @@ def check_finite(step, fetched):
 
 
 def train():
-    checkpoint = latest_checkpoint()
+    directory = FLAGS.checkpoint_dir
+    checkpoint = latest_checkpoint(directory)
     if FLAGS.restore and checkpoint is None:
         raise UserError('--restore: no checkpoint in --checkpoint_dir=%s' % FLAGS.checkpoint_dir)
-    if not FLAGS.restore and (checkpoint or best_checkpoint()[0]):
+    if not FLAGS.restore and (checkpoint or best_checkpoint(directory)[0]):
         raise UserError('--checkpoint_dir=%s already holds a trained model: pass --restore to continue training '
                         'it, or choose another --checkpoint_dir' % FLAGS.checkpoint_dir)
-    arch = resolve_architecture(load_architecture() if FLAGS.restore else None)
+    arch = resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory)
     check_schedule()
     devices = training_towers()
     charset = utils.Charset(arch.charset)
@@ -366,20 +381,21 @@ def train():
     validator = build_reader(arch, val_data, 'val')
     summaries = v1.summary.merge([v1.summary.scalar('loss', training['loss']),
                                   v1.summary.scalar('learning_rate', training['rate'])])
-    rolling_saver, best_saver = v1.train.Saver(max_to_keep=5), v1.train.Saver(max_to_keep=1)
+    rolling_saver = v1.train.Saver(max_to_keep=5, save_relative_paths=True)
+    best_saver = v1.train.Saver(max_to_keep=1, save_relative_paths=True)
     writer = v1.summary.FileWriter(FLAGS.log_dir, v1.get_default_graph())
 
     with v1.Session(config=session_config()) as session:
         session.run(v1.global_variables_initializer())
-        best_path, best = best_checkpoint()
+        best_path, best = best_checkpoint(directory)
         best = best or {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
         if FLAGS.restore:
             rolling_saver.restore(session, checkpoint)
             rolling_saver.recover_last_checkpoints(
-                tf.train.get_checkpoint_state(FLAGS.checkpoint_dir).all_model_checkpoint_paths)
+                tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths)
             best_saver.recover_last_checkpoints([best_path] if best_path else [])
             log.info('restored %s at step %d', checkpoint, session.run(global_step))
-        save_architecture(arch)
+        save_architecture(arch, directory)
 
         def validate(step):
             accuracy, cer = report_validation(read_all(session, validator, charset), step)
@@ -387,14 +403,14 @@ def train():
                                                  v1.Summary.Value(tag='val/cer', simple_value=cer)]), step)
             if (accuracy, -cer) > (best['accuracy'], -best['cer']):
                 best.update(step=int(step), accuracy=accuracy, cer=cer)
-                best_saver.save(session, os.path.join(best_dir(), CHECKPOINT_PREFIX), global_step=step)
-                with open(os.path.join(best_dir(), BEST_FILE), 'w') as file:
+                best_saver.save(session, os.path.join(best_dir(directory), CHECKPOINT_PREFIX), global_step=step)
+                with open(os.path.join(best_dir(directory), BEST_FILE), 'w') as file:
                     json.dump(best, file, indent=2)
             log.info('step %d: best so far accuracy %.4f, CER %.4f at step %d', step, best['accuracy'],
                      best['cer'], best['step'])
 
         def save(step):
-            rolling_saver.save(session, os.path.join(FLAGS.checkpoint_dir, CHECKPOINT_PREFIX), global_step=step)
+            rolling_saver.save(session, os.path.join(directory, CHECKPOINT_PREFIX), global_step=step)
             log.info('step %d: saved checkpoint to %s', step, FLAGS.checkpoint_dir)
 
         step = session.run(global_step)
@@ -433,7 +449,7 @@ def train():
 
 
 def validate_mode():
-    arch, checkpoint = restore_model()
+    arch, checkpoint, _ = restore_model(model_dir())
     charset = utils.Charset(arch.charset)
     val_data, _ = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
     reader = build_reader(arch, val_data, 'val')
@@ -446,7 +462,7 @@ def validate_mode():
 
 
 def infer():
-    arch, checkpoint = restore_model()
+    arch, checkpoint, _ = restore_model(model_dir())
     charset = utils.Charset(arch.charset)
     paths = utils.list_images(FLAGS.infer_dir, 'infer_dir')
     output_dir = os.path.dirname(os.path.abspath(FLAGS.infer_output))
@@ -474,6 +490,36 @@ def infer():
              ' (%d unreadable images have empty readings)' % unreadable if unreadable else '')
 
 
+def export():
+    """Writes the model's inference variables (no optimiser slots, no step) to --export_dir with its
+    architecture.json and model.json (the step and validation record it was exported from): a folder that
+    --checkpoint_dir can point at, a few MB."""
+    if not FLAGS.export_dir:
+        raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
+    directory = model_dir()
+    arch, checkpoint, best_record = restore_model(directory)
+    if os.path.realpath(FLAGS.export_dir) == os.path.realpath(directory):
+        raise UserError('--export_dir=%s holds the model being exported: choose another folder' % FLAGS.export_dir)
+    if latest_checkpoint(FLAGS.export_dir) and not FLAGS.overwrite:
+        raise UserError('--export_dir=%s already holds a model (--overwrite replaces it)' % FLAGS.export_dir)
+    images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
+    with v1.variable_scope('ocr'):
+        ocr.LSTMOCR('infer', arch).logits(images)
+    with v1.Session() as session:
+        v1.train.Saver().restore(session, checkpoint)
+        path = v1.train.Saver(save_relative_paths=True).save(
+            session, os.path.join(FLAGS.export_dir, CHECKPOINT_PREFIX), write_meta_graph=False)
+    save_architecture(arch, FLAGS.export_dir)
+    record = {'step': int(tf.train.load_variable(checkpoint, 'global_step'))}
+    if best_record:
+        record.update(validation_accuracy=best_record['accuracy'], validation_cer=best_record['cer'])
+    with open(os.path.join(FLAGS.export_dir, EXPORT_RECORD_FILE), 'w') as file:
+        json.dump(record, file, indent=2)
+        file.write('\n')
+    size = sum(os.path.getsize(os.path.join(FLAGS.export_dir, name)) for name in os.listdir(FLAGS.export_dir))
+    log.info('exported %s (step %d) to %s: %.1f MB', checkpoint, record['step'], path, size / 2 ** 20)
+
+
 def main(argv):
     utils.setup_logging()
     try:
@@ -481,7 +527,7 @@ def main(argv):
             raise UserError('unknown flags or arguments: %s (see python main.py --helpfull)' % ' '.join(argv[1:]))
         check_flags()
         check_precision()
-        {'train': train, 'val': validate_mode, 'infer': infer}[FLAGS.mode]()
+        {'train': train, 'val': validate_mode, 'infer': infer, 'export': export}[FLAGS.mode]()
     except UserError as error:
         log.error('error: %s', error)
         sys.exit(2)

@@ -43,7 +43,8 @@ flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any
 # absl.logging declares a log_dir of its own for log files it only writes when asked to; this one replaces it.
 delattr(flags.FLAGS, 'log_dir')
 flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
-flags.DEFINE_string('mode', 'train', 'main.py: train | val | infer; helper.py: rename | synth (its default: rename)')
+flags.DEFINE_string('mode', 'train',
+                    'main.py: train | val | infer | export; helper.py: rename | synth (its default: rename)')
 flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '
                      'tower_device), the batch split evenly between them')
 
@@ -55,6 +56,8 @@ flags.DEFINE_string('charset', '0123456789+-*()', 'the characters labels may con
 flags.DEFINE_enum('decoder', 'beam', ['beam', 'greedy'], 'CTC decoder for val and infer')
 flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
 flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writes')
+flags.DEFINE_string('export_dir', '', 'folder that --mode=export writes the inference variables of the model to '
+                    '(required there)')
 flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no limit)')
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
 flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
@@ -86,11 +89,14 @@ flags.DEFINE_string('labels_file', './imgs/labels.txt',
 flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
 flags.DEFINE_integer('train_size', 80000, 'helper rename: images copied to train_dir, the rest go to val_dir')
 flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
-                     'train_dir or val_dir) that already exist')
+                     'train_dir or val_dir) that already exist; main.py --mode=export: replace the model in export_dir')
 flags.DEFINE_string('out_dir', './imgs/synth/', 'helper synth: folder to write images into')
 flags.DEFINE_integer('num_images', 1000, 'helper synth: number of images to write')
 flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
                   'helper synth: contest-style expressions or random strings of --charset')
+flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.ttf', '/usr/local/share/fonts/**/*.ttf', '~/.fonts/**/*.ttf',
+                                 '/Library/Fonts/*.ttf', 'C:/Windows/Fonts/*.ttf'],
+                  'helper synth: glob patterns of TrueType fonts to draw with besides the Hershey fonts')
 flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
 flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
 flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<label>.png, else <id>.png '

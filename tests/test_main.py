@@ -4,9 +4,11 @@ import os
 import re
 import signal
 import subprocess
+import shutil
 import sys
 
 import pytest
+import tensorflow as tf
 
 from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_text_images
 
@@ -114,9 +116,9 @@ def test_label_too_long_names_the_file_and_the_fix(dataset):
     assert '99_1234567890123.png' in result.stderr and '--max_stepsize' in result.stderr
 
 
-@pytest.mark.parametrize('mode', ['val', 'infer'])
+@pytest.mark.parametrize('mode', ['val', 'infer', 'export'])
 def test_no_checkpoint_is_an_error_not_random_weights(dataset, mode):
-    result = run_cli('--mode=%s' % mode, *folders(dataset))
+    result = run_cli('--mode=%s' % mode, '--export_dir=%s' % (dataset / 'export'), *folders(dataset))
     assert result.returncode == 2
     assert 'no checkpoint in --checkpoint_dir=%s' % (dataset / 'checkpoint') in result.stderr
     assert not (dataset / 'result.txt').exists()
@@ -136,7 +138,7 @@ def test_missing_and_empty_folders(dataset):
     ('--batch_size=0', '--batch_size=0: must be at least 1'),
     ('--image_channel=2', '--image_channel=2: must be 1'),
     ('--max_stepsize=500', '--max_stepsize=500: must be between 0 and --image_width=96'),
-    ('--mode=rename', '--mode=rename: main.py runs train, val or infer'),
+    ('--mode=rename', '--mode=rename: main.py runs train, val, infer or export'),
 ])
 def test_bad_flags_are_named(dataset, flag, message):
     result = train(dataset, flag)
@@ -231,3 +233,40 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(dataset):
     assert re.search(r'interrupted at step (\d+)', out)
     step = int(re.search(r'interrupted at step (\d+)', out).group(1))
     assert 'ocr-model-%d.index' % step in os.listdir(dataset / 'checkpoint')
+
+
+def variables(directory):
+    """{name: shape} of the checkpoint a model folder points at."""
+    return dict(tf.train.list_variables(tf.train.latest_checkpoint(str(directory))))
+
+
+def test_export_keeps_the_inference_variables_and_reads_the_same_when_moved(trained):
+    tmp_path, _ = trained
+    result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'export'), *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / 'export' / 'model.json').read_text())
+    assert record['step'] == 4 and 0 <= record['validation_accuracy'] <= 1
+    trained_variables = variables(tmp_path / 'checkpoint' / 'best')
+    optimiser = {name for name in trained_variables
+                 if 'Adam' in name or name.endswith('_power') or name == 'global_step'}
+    assert optimiser and variables(tmp_path / 'export') == {
+        name: shape for name, shape in trained_variables.items() if name not in optimiser}
+    shutil.copytree(tmp_path / 'export', tmp_path / 'moved')  # the folder holds no absolute path
+    for source in ('checkpoint', 'moved'):
+        result = run_cli('--mode=infer', '--checkpoint_dir=%s' % (tmp_path / source),
+                         '--infer_output=%s' % (tmp_path / (source + '.txt')), *folders(tmp_path)[2:3])
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / 'checkpoint.txt').read_text() == (tmp_path / 'moved.txt').read_text()
+
+
+def test_export_needs_a_folder_and_keeps_an_exported_model(trained):
+    tmp_path, _ = trained
+    result = run_cli('--mode=export', *folders(tmp_path))
+    assert result.returncode == 2 and '--mode=export needs --export_dir' in result.stderr
+    export = ['--mode=export', '--export_dir=%s' % (tmp_path / 'export'), *folders(tmp_path)]
+    assert run_cli(*export).returncode == 0
+    result = run_cli(*export)
+    assert result.returncode == 2 and 'already holds a model (--overwrite replaces it)' in result.stderr
+    assert run_cli(*export, '--overwrite').returncode == 0
+    result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'checkpoint'), *folders(tmp_path))
+    assert result.returncode == 2 and 'holds the model being exported' in result.stderr
