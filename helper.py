@@ -6,6 +6,7 @@ label (contest expression or random string) -> OpenCV drawing -> `<id>_<label>.p
 """
 import collections
 import functools
+import glob
 import multiprocessing
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 import cv2
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
 
 from utils import FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, log, natural_key, setup_logging
 
@@ -191,9 +193,10 @@ def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwr
 # --- synth: labels -----------------------------------------------------------
 
 OPERATORS = '+-*'
+CONTEST_CHARACTERS = '0123456789()' + OPERATORS
 
 # What an image looks like, besides its id.
-SynthSpec = collections.namedtuple('SynthSpec', 'seed text charset min_len max_len height width')
+SynthSpec = collections.namedtuple('SynthSpec', 'seed text charset min_len max_len height width fonts')
 
 
 def contest_expression(rng):
@@ -224,27 +227,73 @@ def make_label(spec, rng):
 
 # --- synth: drawing ----------------------------------------------------------
 
-FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
-         cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
-         cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
-FONT_HEIGHTS = {font: cv2.getTextSize('0', font, 1.0, 1)[0][1] for font in FONTS}  # pixels at scale 1
+HERSHEY_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
+                 cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL,
+                 cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX)
+HERSHEY_HEIGHTS = {font: cv2.getTextSize('0', font, 1.0, 1)[0][1] for font in HERSHEY_FONTS}  # pixels at scale 1
+TRUETYPE_SHARE = 0.6  # of the images, when TrueType fonts were found
 LUMA = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of perceived brightness
 
 
-def random_font(rng):
-    """One of the Hershey fonts, italic a third of the time."""
-    return FONTS[rng.integers(0, len(FONTS))] | (cv2.FONT_ITALIC if rng.random() < 0.33 else 0)
+@functools.lru_cache(maxsize=4096)
+def truetype(path, size):
+    return ImageFont.truetype(path, size)
+
+
+@functools.lru_cache(maxsize=None)
+def truetype_digit_height(path):
+    """Pixels of a `0` per point of size."""
+    left, top, right, bottom = truetype(path, 100).getbbox('0')
+    return (bottom - top) / 100
+
+
+def usable_fonts(patterns, characters):
+    """The TrueType files matching the glob patterns that draw every character (not their missing-glyph box)."""
+    paths = sorted({path for pattern in patterns for path in glob.glob(os.path.expanduser(pattern), recursive=True)})
+    usable = []
+    for path in paths:
+        try:
+            font = truetype(path, 32)
+            missing = bytes(font.getmask('\ue000'))
+            if all(bytes(font.getmask(char)) not in (missing, b'') for char in characters):
+                usable.append(path)
+        except OSError:
+            log.warning('warning: cannot read font %s', path)
+    return tuple(usable)
+
+
+def random_font(fonts, rng):
+    """A TrueType file of `fonts` (TRUETYPE_SHARE of the time, when there are any) or a Hershey font, italic a
+    third of the time."""
+    if fonts and rng.random() < TRUETYPE_SHARE:
+        return fonts[rng.integers(0, len(fonts))]
+    return HERSHEY_FONTS[rng.integers(0, len(HERSHEY_FONTS))] | (cv2.FONT_ITALIC if rng.random() < 0.33 else 0)
+
+
+def draw_char(char, font, height, thickness):
+    """One character, digits `height` pixels tall, white on a black uint8 canvas with room to turn; and the row of
+    its baseline. A Hershey font draws strokes `thickness` wide; a TrueType font its outlines, widened by a
+    stroke of thickness // 3."""
+    pad = int(height) // 2 + thickness
+    if isinstance(font, str):
+        face = truetype(font, max(4, round(height / truetype_digit_height(font))))
+        ascent, descent = face.getmetrics()
+        stroke = thickness // 3
+        right = int(face.getbbox(char, stroke_width=stroke)[2])
+        image = Image.new('L', (right + 2 * pad, ascent + descent + 2 * pad))
+        ImageDraw.Draw(image).text((pad, pad), char, font=face, fill=255, stroke_width=stroke, stroke_fill=255)
+        return np.asarray(image), pad + ascent
+    scale = height / HERSHEY_HEIGHTS[font & ~cv2.FONT_ITALIC]
+    (width, above), below = cv2.getTextSize(char, font, scale, thickness)
+    canvas = np.zeros((above + below + 2 * pad, width + 2 * pad), np.uint8)
+    cv2.putText(canvas, char, (pad, pad + above), font, scale, 255, thickness, cv2.LINE_AA)
+    return canvas, pad + above
 
 
 def glyph(char, font, height, thickness, rng):
     """Alpha (float32 [rows, cols], 0..1) of one character whose digits are `height` pixels tall, randomly
     rotated, sheared and stretched, cut to its inked columns; and the row of its baseline."""
-    scale = height / FONT_HEIGHTS[font & ~cv2.FONT_ITALIC]
-    (width, above), below = cv2.getTextSize(char, font, scale, thickness)
-    pad = int(height) // 2 + thickness
-    canvas = np.zeros((above + below + 2 * pad, width + 2 * pad), np.uint8)
-    baseline = pad + above
-    cv2.putText(canvas, char, (pad, baseline), font, scale, 255, thickness, cv2.LINE_AA)
+    canvas, baseline = draw_char(char, font, height, thickness)
     rows, cols = canvas.shape
     centre = np.array([[1, 0, cols / 2], [0, 1, rows / 2], [0, 0, 1]])
     uncentre = np.array([[1, 0, -cols / 2], [0, 1, -rows / 2], [0, 0, 1]])
@@ -257,7 +306,7 @@ def glyph(char, font, height, thickness, rng):
     return canvas[:, inked[0]:inked[-1] + 1].astype(np.float32) / 255, baseline
 
 
-def text_layer(label, colours, height, rng):
+def text_layer(label, colours, height, fonts, rng):
     """The label drawn in one line: premultiplied colour (float32 [rows, cols, 3]) and alpha ([rows, cols]).
 
     Font, digit height (about `height` pixels) and stroke are chosen per image and a quarter of the characters
@@ -265,11 +314,11 @@ def text_layer(label, colours, height, rng):
     baseline slants.
     """
     thickness = max(1, round(height * rng.uniform(0.03, 0.12)))
-    font = random_font(rng)
+    font = random_font(fonts, rng)
     glyphs = []
     for char in label:
         varied = rng.random() < 0.25
-        glyphs.append(glyph(char, random_font(rng) if varied else font, height * rng.uniform(0.85, 1.15),
+        glyphs.append(glyph(char, random_font(fonts, rng) if varied else font, height * rng.uniform(0.85, 1.15),
                             max(1, thickness + rng.integers(-1, 2)) if varied else thickness, rng))
     gaps = rng.uniform(-0.12, 0.35, len(label)) * height
     widths = np.array([mask.shape[1] for mask, _ in glyphs])
@@ -345,11 +394,11 @@ def degrade(image, rng):
     return image
 
 
-def render(label, height, width, rng):
+def render(label, height, width, fonts, rng):
     """The label drawn contest-style at a random size and place inside the image: uint8 BGR [height, width, 3]."""
     image = background(height, width, rng)
     colours = text_colours(len(label), float(image.mean(axis=(0, 1)) @ LUMA), rng)
-    premultiplied, alpha = text_layer(label, colours, height * rng.uniform(0.33, 0.67), rng)
+    premultiplied, alpha = text_layer(label, colours, height * rng.uniform(0.3, 0.8), fonts, rng)
     margin = int(rng.integers(1, 8))
     fit = min(1.0, (width - 2 * margin) / alpha.shape[1], (height - 2 * margin) / alpha.shape[0])
     if fit < 1:
@@ -371,7 +420,7 @@ def synth_image(spec, image_id):
     """Label and PNG bytes of one image; the same spec and id always give the same bytes."""
     rng = np.random.default_rng([spec.seed, image_id])
     label = make_label(spec, rng)
-    image = render(label, spec.height, spec.width, rng)
+    image = render(label, spec.height, spec.width, spec.fonts, rng)
     return label, cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
 
 
@@ -436,8 +485,14 @@ def run(argv):
         rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,
                FLAGS.overwrite)
     elif mode == 'synth':
+        characters = CONTEST_CHARACTERS if FLAGS.text == 'expression' else FLAGS.charset
         spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
-                         FLAGS.image_width)
+                         FLAGS.image_width, usable_fonts(FLAGS.font_files, characters))
+        if spec.fonts:
+            log.info('drawing with the 8 Hershey fonts and %d TrueType fonts of --font_files', len(spec.fonts))
+        else:
+            log.warning('warning: no TrueType font of --font_files draws all of %r: drawing with the Hershey fonts '
+                        'only, whose shapes few other renderers share', characters)
         labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
         synth(spec, FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
     else:

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 import helper
+import utils
 from conftest import run_cli
 from utils import UserError, expression_value, label_from_filename
 
 # Three single digits, two operators, parentheses around two adjacent numbers or none.
 CONTEST_GRAMMAR = re.compile(r'\d[-+*]\d[-+*]\d|\(\d[-+*]\d\)[-+*]\d|\d[-+*]\(\d[-+*]\d\)')
-EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180)
+EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180,
+                               fonts=())
 
 
 def write_contest_set(folder, count):
@@ -216,3 +218,22 @@ def test_cli_names_the_missing_image(tmp_path):
     assert result.returncode == 2
     assert 'error: ' in result.stderr and 'line 5 (4.*)' in result.stderr and 'Traceback' not in result.stderr
     assert not os.path.exists(tmp_path / 'train')
+
+
+def test_synth_without_truetype_fonts_warns_and_draws_hershey_only(tmp_path):
+    result = run_cli('--mode=synth', '--out_dir=%s' % (tmp_path / 'out'), '--num_images=3',
+                     '--font_files=%s' % (tmp_path / 'no_fonts' / '*.ttf'), script='helper.py')
+    assert result.returncode == 0, result.stderr
+    assert 'no TrueType font of --font_files draws all of' in result.stderr
+    assert len(os.listdir(tmp_path / 'out')) == 4  # 3 images and labels.txt
+
+
+@pytest.mark.skipif(not helper.usable_fonts(utils.FLAGS['font_files'].default, helper.CONTEST_CHARACTERS),
+                    reason='this machine has no TrueType fonts in the default --font_files places')
+def test_truetype_characters_are_drawn_at_the_digit_height():
+    font = helper.usable_fonts(utils.FLAGS['font_files'].default, helper.CONTEST_CHARACTERS)[0]
+    canvas, baseline = helper.draw_char('8', font, 30, 3)
+    inked_rows = np.flatnonzero(canvas.max(axis=1) > 127)
+    assert abs(inked_rows[-1] - inked_rows[0] + 1 - 30) <= 3 and abs(inked_rows[-1] + 1 - baseline) <= 2
+    spec = EXPRESSION._replace(fonts=(font,))
+    assert helper.synth_image(spec, 3) == helper.synth_image(spec, 3)
