@@ -496,6 +496,8 @@ def export():
     --checkpoint_dir can point at, a few MB."""
     if not FLAGS.export_dir:
         raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
+    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+        raise UserError('--export_dir=%s is a file, not a folder' % FLAGS.export_dir)
     directory = model_dir()
     arch, checkpoint, best_record = restore_model(directory)
     if os.path.realpath(FLAGS.export_dir) == os.path.realpath(directory):

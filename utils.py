@@ -230,15 +230,43 @@ def list_labelled_images(directory, flag_name, charset, time_steps):
 
 # --- images ------------------------------------------------------------------
 
+def opaque_uint8(image):
+    """A decoded image of any depth, with or without alpha -> uint8 grey [h, w] or BGR [h, w, 3]. Transparency
+    goes over white when the opaque pixels (the text, in a text image on a clear background) are dark, over black
+    when they are light."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255
+        colour = image[..., :3].astype(np.float32)
+        opaque = alpha[..., 0] > 0.5
+        paper = 255.0 if not opaque.any() or colour[opaque].mean() < 128 else 0.0
+        image = np.round(colour * alpha + paper * (1 - alpha)).astype(np.uint8)
+    return image
+
+
 def read_image(path, height, width, channels):
     """One image file -> (uint8 [height, width, channels], ok). An unreadable file gives zeros and ok=False."""
     if isinstance(path, bytes):
         path = path.decode()
     data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else np.zeros(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if data.size else None
+    # JPEG: decoded as OpenCV does by default, turned by its EXIF orientation; others (PNG, BMP...) as stored,
+    # alpha and depth included, for opaque_uint8.
+    jpeg = data[:2].tobytes() == b'\xff\xd8'
+    flags = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if jpeg else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         log.warning('warning: cannot read image %s', path)
         return np.zeros((height, width, channels), np.uint8), False
+    image = opaque_uint8(image)
+    if channels == 1 and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    elif channels == 3 and image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     interpolation = cv2.INTER_AREA if image.shape[0] > height or image.shape[1] > width else cv2.INTER_LINEAR
     image = cv2.resize(image, (width, height), interpolation=interpolation)
     return image.reshape(height, width, channels), True

@@ -1,11 +1,12 @@
-"""Contest-style expressions drawn in another way than helper.py's generator: whole strings by Pillow, no per-glyph
+r"""Contest-style expressions drawn in another way than helper.py's generator: whole strings by Pillow, no per-glyph
 transforms, in TrueType fonts the generator never used. A script, not a test: it wrote the held-out set
 tests/data/other_renderers/ that tests/test_shipped_model.py reads, with the STIX and Computer Modern fonts that
 matplotlib 3.11 bundles (helper.py drew the shipped model's training images with Hershey and DejaVu fonts):
 
     pip install pillow; pip download matplotlib==3.11.2 --no-deps -d /tmp/mpl && unzip -q -o /tmp/mpl/*.whl -d /tmp/mpl
-    python tests/other_renderers.py --out_dir=tests/data/other_renderers --num_images=100 --seed=7 \\
-        --fonts /tmp/mpl/matplotlib/mpl-data/fonts/ttf/{STIXGeneral,STIXGeneralBol,STIXGeneralItalic,cmr10,cmss10,cmtt10,cmb10}.ttf
+    cd /tmp/mpl/matplotlib/mpl-data/fonts/ttf && python $OLDPWD/tests/other_renderers.py --seed=7 \
+        --out_dir=$OLDPWD/tests/data/other_renderers --num_images=100 \
+        --fonts {STIXGeneral,STIXGeneralBol,STIXGeneralItalic,cmr10,cmss10,cmtt10,cmb10}.ttf
 
 Per image: a font file, size and colour, a plain or tinted background, sometimes noise dots, a line, a small
 rotation or blur, and an image size around the contest's 180x60 (the model resizes whatever it reads).

@@ -263,6 +263,9 @@ def test_export_needs_a_folder_and_keeps_an_exported_model(trained):
     tmp_path, _ = trained
     result = run_cli('--mode=export', *folders(tmp_path))
     assert result.returncode == 2 and '--mode=export needs --export_dir' in result.stderr
+    (tmp_path / 'a_file').write_text('')
+    result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'a_file'), *folders(tmp_path))
+    assert result.returncode == 2 and 'a_file is a file, not a folder' in result.stderr
     export = ['--mode=export', '--export_dir=%s' % (tmp_path / 'export'), *folders(tmp_path)]
     assert run_cli(*export).returncode == 0
     result = run_cli(*export)

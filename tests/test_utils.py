@@ -99,6 +99,25 @@ def test_read_image_resizes_any_size_to_grey_or_colour(tmp_path):
     assert ok and colour.shape == (60, 180, 3)
 
 
+@pytest.mark.parametrize('ink, expected_paper', [(0, 255), (255, 0)])
+def test_transparent_background_goes_behind_the_text_in_contrast(tmp_path, ink, expected_paper):
+    image = np.zeros((20, 40, 4), np.uint8)  # transparent black everywhere, as many renderers leave it
+    image[5:15, 10:30] = (ink, ink, ink, 255)
+    cv2.imwrite(str(tmp_path / 'text.png'), image)
+    grey, ok = utils.read_image(str(tmp_path / 'text.png'), 20, 40, 1)
+    assert ok and grey[0, 0, 0] == expected_paper and grey[10, 20, 0] == ink
+    colour, _ = utils.read_image(str(tmp_path / 'text.png'), 20, 40, 3)
+    assert colour.shape == (20, 40, 3) and tuple(colour[0, 0]) == (expected_paper,) * 3
+
+
+def test_sixteen_bit_images_are_read_as_eight_bit(tmp_path):
+    image = np.full((20, 40), 65535, np.uint16)
+    image[5:15, 10:30] = 0
+    cv2.imwrite(str(tmp_path / 'deep.png'), image)
+    grey, ok = utils.read_image(str(tmp_path / 'deep.png'), 20, 40, 1)
+    assert ok and grey.dtype == np.uint8 and grey[0, 0, 0] == 255 and grey[10, 20, 0] == 0
+
+
 def test_read_image_of_corrupt_file_warns_with_its_name(tmp_path, caplog):
     path = tmp_path / '1_23.png'
     path.write_bytes(b'not a png at all')
