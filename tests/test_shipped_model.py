@@ -1,0 +1,57 @@
+"""The contest model shipped in imgs/model/: a fresh clone's `python main.py --mode=infer` uses it, its files
+agree with each other, and it reads the bundled sample and images of another renderer at README's accuracy."""
+import json
+import os
+import re
+import shutil
+
+import tensorflow as tf
+
+import cnn_lstm_otc_ocr as ocr
+from conftest import REPO, run_cli
+
+v1 = tf.compat.v1
+SHIPPED = os.path.join(REPO, 'imgs', 'model')
+# README, "The shipped model": sequence accuracy on imgs/infer/ (100 images) and tests/data/other_renderers/ (100).
+BUNDLED_ACCURACY = 0.99
+OTHER_RENDERERS_ACCURACY = 0.91
+
+
+def bundled_labels():
+    """imgs/labels.txt: {file name: (label, value)}."""
+    with open(os.path.join(REPO, 'imgs', 'labels.txt')) as labels_file:
+        return {name: (label, value) for name, label, value in (line.split() for line in labels_file)}
+
+
+def test_default_infer_uses_the_shipped_model_on_the_bundled_sample(tmp_path):
+    shutil.copytree(os.path.join(REPO, 'imgs', 'infer'), tmp_path / 'imgs' / 'infer')
+    result = run_cli('--mode=infer', cwd=tmp_path)  # every flag at its default; no ./checkpoint/ here
+    assert result.returncode == 0, result.stderr
+    assert 'using the shipped contest model in %s' % SHIPPED in result.stdout
+    labels = bundled_labels()
+    readings = [line.split('\t') for line in (tmp_path / 'result.txt').read_text().splitlines()]
+    assert sorted(name for name, _, _ in readings) == sorted(labels)
+    correct = [(name, value) for name, prediction, value in readings if prediction == labels[name][0]]
+    assert len(correct) >= BUNDLED_ACCURACY * len(labels), readings
+    assert all(value == labels[name][1] for name, value in correct)
+
+
+def test_other_renderers_are_read_at_the_documented_accuracy():
+    result = run_cli('--mode=val', '--checkpoint_dir=%s' % SHIPPED,
+                     '--val_dir=%s' % os.path.join(REPO, 'tests', 'data', 'other_renderers'))
+    assert result.returncode == 0, result.stderr
+    accuracy = float(re.fullmatch(r'accuracy=([\d.]+) cer=[\d.]+ images=100', result.stdout.splitlines()[-1])[1])
+    assert accuracy >= OTHER_RENDERERS_ACCURACY, result.stdout
+
+
+def test_architecture_file_matches_the_inference_weights():
+    with open(os.path.join(SHIPPED, 'architecture.json')) as architecture_file:
+        arch = ocr.Architecture(**json.load(architecture_file))
+    with tf.Graph().as_default():
+        images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
+        with v1.variable_scope('ocr'):
+            ocr.LSTMOCR('infer', arch).logits(images)
+        graph = {variable.op.name: variable.shape.as_list() for variable in v1.global_variables()}
+    assert dict(tf.train.list_variables(tf.train.latest_checkpoint(SHIPPED))) == graph  # no optimiser slots
+    size = sum(os.path.getsize(os.path.join(SHIPPED, name)) for name in os.listdir(SHIPPED))
+    assert size < 8 * 2 ** 20
