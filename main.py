@@ -512,14 +512,20 @@ def export():
         path = v1.train.Saver(save_relative_paths=True).save(
             session, os.path.join(FLAGS.export_dir, CHECKPOINT_PREFIX), write_meta_graph=False)
     save_architecture(arch, FLAGS.export_dir)
-    record = {'step': int(tf.train.load_variable(checkpoint, 'global_step'))}
-    if best_record:
-        record.update(validation_accuracy=best_record['accuracy'], validation_cer=best_record['cer'])
+    if 'global_step' in dict(tf.train.list_variables(checkpoint)):
+        record = {'step': int(tf.train.load_variable(checkpoint, 'global_step'))}
+        if best_record:
+            record.update(validation_accuracy=best_record['accuracy'], validation_cer=best_record['cer'])
+    elif os.path.exists(os.path.join(directory, EXPORT_RECORD_FILE)):  # an export exported again keeps its record
+        with open(os.path.join(directory, EXPORT_RECORD_FILE)) as file:
+            record = json.load(file)
+    else:
+        record = {}
     with open(os.path.join(FLAGS.export_dir, EXPORT_RECORD_FILE), 'w') as file:
         json.dump(record, file, indent=2)
         file.write('\n')
     size = sum(os.path.getsize(os.path.join(FLAGS.export_dir, name)) for name in os.listdir(FLAGS.export_dir))
-    log.info('exported %s (step %d) to %s: %.1f MB', checkpoint, record['step'], path, size / 2 ** 20)
+    log.info('exported %s (step %s) to %s: %.1f MB', checkpoint, record.get('step', '?'), path, size / 2 ** 20)
 
 
 def main(argv):

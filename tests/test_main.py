@@ -257,6 +257,10 @@ def test_export_keeps_the_inference_variables_and_reads_the_same_when_moved(trai
                          '--infer_output=%s' % (tmp_path / (source + '.txt')), *folders(tmp_path)[2:3])
         assert result.returncode == 0, result.stderr
     assert (tmp_path / 'checkpoint.txt').read_text() == (tmp_path / 'moved.txt').read_text()
+    result = run_cli('--mode=export', '--checkpoint_dir=%s' % (tmp_path / 'moved'),
+                     '--export_dir=%s' % (tmp_path / 'again'))  # an export of an export keeps its record
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / 'again' / 'model.json').read_text()) == record
 
 
 def test_export_needs_a_folder_and_keeps_an_exported_model(trained):
