@@ -233,6 +233,7 @@ HERSHEY_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERS
 HERSHEY_HEIGHTS = {font: cv2.getTextSize('0', font, 1.0, 1)[0][1] for font in HERSHEY_FONTS}  # pixels at scale 1
 TRUETYPE_SHARE = 0.6  # of the images, when TrueType fonts were found
 LUMA = np.array([0.114, 0.587, 0.299], np.float32)  # BGR weights of perceived brightness
+CLUTTER_CONTRAST = 70  # least brightness difference between clutter lines or discs and the text
 
 
 @functools.lru_cache(maxsize=4096)
@@ -320,7 +321,7 @@ def text_layer(label, colours, height, fonts, rng):
         varied = rng.random() < 0.25
         glyphs.append(glyph(char, random_font(fonts, rng) if varied else font, height * rng.uniform(0.85, 1.15),
                             max(1, thickness + rng.integers(-1, 2)) if varied else thickness, rng))
-    gaps = rng.uniform(-0.12, 0.35, len(label)) * height
+    gaps = rng.uniform(-0.06, 0.35, len(label)) * height
     widths = np.array([mask.shape[1] for mask, _ in glyphs])
     lefts = np.maximum(0, np.concatenate([[0], np.cumsum(widths[:-1] + gaps[:-1])])).round().astype(int)
     baselines = rng.uniform(-0.12, 0.12, len(label)) * height + rng.uniform(-0.12, 0.12) * lefts
@@ -351,7 +352,7 @@ def background(height, width, rng):
 def text_colours(count, background_luminance, rng):
     """A BGR colour per character, at least a random contrast (low but readable to strong) off the background;
     a third of the images use one colour for all."""
-    min_contrast = rng.uniform(60, 140)
+    min_contrast = rng.uniform(80, 150)
     candidates = rng.uniform(0, 255, (count, 16, 3)).astype(np.float32)
     contrasting = np.abs(candidates @ LUMA - background_luminance) >= min_contrast
     colours = candidates[np.arange(count), contrasting.argmax(axis=1)]
@@ -359,19 +360,26 @@ def text_colours(count, background_luminance, rng):
     return colours[[0] * count] if rng.random() < 0.33 else colours
 
 
-def add_clutter(image, colours, rng):
+def clutter_colours(count, ink, rng):
+    """Up to `count` random BGR colours whose brightness is CLUTTER_CONTRAST or more off that of every colour of
+    the text (`ink`), so that clutter crossing a character never reads as part of it in grey."""
+    candidates = rng.uniform(0, 255, (4 * count, 3)).astype(np.float32)
+    distinct = np.abs((candidates @ LUMA)[:, None] - ink @ LUMA).min(axis=1) >= CLUTTER_CONTRAST
+    return candidates[distinct][:count]
+
+
+def add_clutter(image, ink, rng):
     """Noise dots (single pixels and small discs) and thin straight or wavy lines, in place."""
     height, width = image.shape[:2]
     pixels = rng.integers(0, 150)
     image[rng.integers(0, height, pixels), rng.integers(0, width, pixels)] = rng.uniform(0, 255, (pixels, 3))
-    for _ in range(rng.integers(0, 25)):
+    for colour in clutter_colours(rng.integers(0, 25), ink, rng):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        cv2.circle(image, centre, int(rng.integers(1, 3)), rng.uniform(0, 255, 3).tolist(), -1, cv2.LINE_AA)
-    for _ in range(rng.integers(0, 4)):
+        cv2.circle(image, centre, int(rng.integers(1, 3)), colour.tolist(), -1, cv2.LINE_AA)
+    for colour in clutter_colours(rng.integers(0, 4), ink, rng):
         xs = np.linspace(rng.uniform(-20, width / 2), rng.uniform(width / 2, width + 20), 16)
         ys = (rng.uniform(0, height) + rng.uniform(-0.3, 0.3) * (xs - xs[0])
               + rng.uniform(0, height / 6) * np.sin(rng.uniform(0, 0.1) * xs + rng.uniform(0, 2 * np.pi)))
-        colour = colours[rng.integers(0, len(colours))] if rng.random() < 0.3 else rng.uniform(0, 255, 3)
         cv2.polylines(image, [np.stack([xs, ys], 1).round().astype(np.int32)], False, colour.tolist(),
                       1 if rng.random() < 0.8 else 2, cv2.LINE_AA)
 

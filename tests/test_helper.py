@@ -142,6 +142,17 @@ def test_random_text_keeps_to_the_charset_and_lengths():
     assert {len(label) for label in labels} == {2, 3, 4}
 
 
+def test_clutter_never_takes_the_grey_level_of_the_text():
+    rng = np.random.default_rng(3)
+    ink = np.array([[20, 30, 40], [200, 90, 60]], np.float32)  # brightness about 32 and 99
+    colours = helper.clutter_colours(200, ink, rng)
+    assert 0 < len(colours) <= 200
+    brightness = colours @ helper.LUMA
+    assert (np.abs(brightness[:, None] - ink @ helper.LUMA) >= helper.CLUTTER_CONTRAST).all()
+    assert brightness.max() > 200  # the colours still spread over what is allowed
+    assert len(helper.clutter_colours(50, np.array([[0, 0, 0], [128, 128, 128], [255, 255, 255]]), rng)) == 0
+
+
 def test_synth_writes_labelled_images_and_their_labels_file(tmp_path):
     out_dir, labels_path = str(tmp_path / 'synth'), str(tmp_path / 'synth' / 'labels.txt')
     helper.synth(EXPRESSION, 20, out_dir, labels_path, labelled_names=True, overwrite=False)
