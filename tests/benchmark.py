@@ -4,7 +4,9 @@
     python tests/benchmark.py --parts=train --rounds=4
 
 At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_size, for fp32 and bf16:
-  train     training images/s on an in-memory batch (compute only);
+  train     training images/s on an in-memory batch (compute only); how the op time of a traced step divides
+            between convolutions, batch norm, max-pool and the rest, and so the convolutions' own GFLOP/s (their
+            FLOPs over the step time times their share: ops that overlap make it approximate);
   infer     inference images/s with the greedy and the beam decoder;
   pipeline  training images/s fed by main.py's input pipeline from an image folder, and the time a step waits in
             the iterator for its batch (from traced steps);
@@ -44,6 +46,7 @@ DECODERS = ('greedy', 'beam')
 MATMUL_SIZE = 4096
 LABEL_CHARSET = '0123456789+-*'  # labels of the generated images
 FOLDER_IMAGES = 1024  # distinct images of the pipeline's folder (in the page cache after the first epoch)
+OP_CLASSES = (('convolutions', 'Conv2D'), ('batch norm', 'FusedBatchNorm'), ('max-pool', 'MaxPool'))  # name, op type
 TARGETS = {'train_fraction': 0.85, 'infer_fraction': 0.85, 'bf16_speedup': 1.4, 'wait': 0.05, 'startup_s': 10.0,
            'peak_bytes': 2 * 2 ** 30}
 
@@ -98,12 +101,16 @@ def layer_flops(arch):
     return layers
 
 
+def training_flops(layers):
+    """FLOPs of training `layers` (forward FLOPs as layer_flops gives them): the forward pass, the weight gradients
+    (as many FLOPs again) and the input gradients of every layer but the first, whose input (the image) needs none."""
+    return 2 * sum(flops for _, flops in layers) + sum(flops for _, flops in layers[1:])
+
+
 def model_flops(arch):
-    """(forward, training) FLOPs per image. Training adds the weight gradients (as many FLOPs as the forward pass)
-    and the input gradients of every layer but the first, whose input (the image) needs none."""
+    """(forward, training) FLOPs per image."""
     layers = layer_flops(arch)
-    forward = sum(flops for _, flops in layers)
-    return forward, 2 * forward + sum(flops for _, flops in layers[1:])
+    return sum(flops for _, flops in layers), training_flops(layers)
 
 
 # --- timing in rounds ---------------------------------------------------------------
@@ -235,16 +242,35 @@ def inference_session(arch, precision, decoder, make_dataset):
     return session, fetches['decoded']
 
 
-def iterator_wait(session, fetches, steps):
-    """Median seconds per step that IteratorGetNext ran, i.e. the step waited for its batch, from traced steps."""
+def traced_ops(session, fetches, steps):
+    """[{(node name, op type): seconds the node ran}] of `steps` traced steps."""
     options = v1.RunOptions(trace_level=v1.RunOptions.SOFTWARE_TRACE)
-    waits = []
+    traces = []
     for _ in range(steps):
         metadata = v1.RunMetadata()
         session.run(fetches, options=options, run_metadata=metadata)
-        waits.append(sum(node.all_end_rel_micros for device in metadata.step_stats.dev_stats
-                         for node in device.node_stats if node.node_name.startswith('IteratorGetNext')) / 1e6)
-    return float(np.median(waits))
+        trace = collections.Counter()
+        for device in metadata.step_stats.dev_stats:
+            for node in device.node_stats:  # timeline_label: 'name = OpType(inputs)'
+                trace[node.node_name, node.timeline_label.partition(' = ')[2].partition('(')[0]] += (
+                    node.all_end_rel_micros / 1e6)
+        traces.append(trace)
+    return traces
+
+
+def iterator_wait(session, fetches, steps):
+    """Median seconds per step that IteratorGetNext ran, i.e. the step waited for its batch, from traced steps."""
+    return float(np.median([sum(seconds for (name, _), seconds in trace.items() if name.startswith('IteratorGetNext'))
+                            for trace in traced_ops(session, fetches, steps)]))
+
+
+def op_shares(session, fetches, steps):
+    """Share of each OP_CLASSES class (and 'other') in the summed op time of traced steps."""
+    totals = collections.Counter()
+    for trace in traced_ops(session, fetches, steps):
+        for (_, op), seconds in trace.items():
+            totals[next((name for name, marker in OP_CLASSES if marker in op), 'other')] += seconds
+    return {name: totals[name] / sum(totals.values()) for name, _ in OP_CLASSES + (('other', None),)}
 
 
 def close(sessions):
@@ -316,14 +342,14 @@ def report_matmuls(rounds, limit_name, flops_per_image):
 
 def part_train(args, arch, batch, results):
     _, training = model_flops(arch)
-    rounds, sessions = Rounds(), []
+    rounds, sessions, traced = Rounds(), [], []
     add_matmuls(rounds, sessions, args.warmup_steps)
     for precision in args.precisions:
         session, fetches = training_session(arch, precision, constant_dataset(batch))
         sessions.append(session)
         rounds.add(precision, session_step(session, fetches), args.warmup_steps)
+        traced.append((session, fetches))
     rounds.run(args.rounds)
-    close(sessions)
     print('train: %d rounds, load %.1f' % (args.rounds, load()))
     report_matmuls(rounds, 'training', training)
     for precision in args.precisions:
@@ -335,6 +361,15 @@ def part_train(args, arch, batch, results):
     if set(PRECISIONS) <= set(args.precisions):
         results['train_speedup'] = rounds.ratio('fp32', 'bf16')
         report('bf16 / fp32 training', '%.2f' % results['train_speedup'], 'x')
+    convolution_flops = training_flops(layer_flops(arch)[:len(ocr.conv_units(arch))]) * args.batch_size
+    for precision, (session, fetches) in zip(args.precisions, traced):
+        shares = op_shares(session, fetches, 3)
+        print('  %s training step, shares of op time: %s' % (precision, ', '.join(
+            '%s %.0f%%' % (name, 100 * share) for name, share in shares.items())))
+        rate = convolution_flops / (rounds.median(precision) * shares['convolutions'])
+        report('  convolutions alone', '%.0f' % (rate / 1e9), 'GFLOP/s', '%.0f%% of the %s matmul' % (
+            100 * rate / (matmul_gflops(rounds, precision)[0] * 1e9), precision))
+    close(sessions)
 
 
 def part_infer(args, arch, batch, results):
