@@ -14,10 +14,10 @@ import time
 
 import cv2
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from utils import FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, log, natural_key, setup_logging
+from utils import (FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, log, natural_key, run_app,
+                   setup_logging)
 
 SHOWN = 5  # problems named in an error message before '...'
 MAX_NAME_BYTES = 255  # longest file name of common file systems
@@ -196,7 +196,7 @@ OPERATORS = '+-*'
 CONTEST_CHARACTERS = '0123456789()' + OPERATORS
 
 # What an image looks like, besides its id.
-SynthSpec = collections.namedtuple('SynthSpec', 'seed text charset min_len max_len height width fonts')
+SynthSpec = collections.namedtuple('SynthSpec', 'seed text charset min_len max_len height width fonts clutter')
 
 
 def contest_expression(rng):
@@ -402,11 +402,9 @@ def degrade(image, rng):
     return image
 
 
-def render(label, height, width, fonts, rng):
-    """The label drawn contest-style at a random size and place inside the image: uint8 BGR [height, width, 3]."""
-    image = background(height, width, rng)
-    colours = text_colours(len(label), float(image.mean(axis=(0, 1)) @ LUMA), rng)
-    premultiplied, alpha = text_layer(label, colours, height * rng.uniform(0.3, 0.8), fonts, rng)
+def place(premultiplied, alpha, height, width, rng):
+    """The text layer shrunk to fit if it must and put at a random place inside a margin: its premultiplied colour
+    (float32 [height, width, 3]) and alpha ([height, width]) at the size of the image."""
     margin = int(rng.integers(1, 8))
     fit = min(1.0, (width - 2 * margin) / alpha.shape[1], (height - 2 * margin) / alpha.shape[0])
     if fit < 1:
@@ -416,9 +414,25 @@ def render(label, height, width, fonts, rng):
     rows, cols = alpha.shape
     top = int(rng.integers(margin, height - margin - rows + 1))
     left = int(rng.integers(margin, width - margin - cols + 1))
-    area = image[top:top + rows, left:left + cols]
-    area[:] = area * (1 - alpha[..., None]) + premultiplied
+    placed_colour, placed_alpha = np.zeros((height, width, 3), np.float32), np.zeros((height, width), np.float32)
+    placed_colour[top:top + rows, left:left + cols] = premultiplied
+    placed_alpha[top:top + rows, left:left + cols] = alpha
+    return placed_colour, placed_alpha
+
+
+def render(label, height, width, fonts, clutter, rng):
+    """The label drawn contest-style at a random size and place inside the image: uint8 BGR [height, width, 3].
+    clutter='over' draws the noise over the text, where a line or disc may hide a small operator; 'under' never
+    hides any of it. The random draws are the same either way, so an id keeps its label, font, place and noise."""
+    image = background(height, width, rng)
+    colours = text_colours(len(label), float(image.mean(axis=(0, 1)) @ LUMA), rng)
+    premultiplied, alpha = place(*text_layer(label, colours, height * rng.uniform(0.3, 0.8), fonts, rng),
+                                 height, width, rng)
+    if clutter == 'over':
+        image = image * (1 - alpha[..., None]) + premultiplied
     add_clutter(image, colours, rng)
+    if clutter == 'under':
+        image = image * (1 - alpha[..., None]) + premultiplied
     return degrade(image, rng)
 
 
@@ -428,7 +442,7 @@ def synth_image(spec, image_id):
     """Label and PNG bytes of one image; the same spec and id always give the same bytes."""
     rng = np.random.default_rng([spec.seed, image_id])
     label = make_label(spec, rng)
-    image = render(label, spec.height, spec.width, spec.fonts, rng)
+    image = render(label, spec.height, spec.width, spec.fonts, spec.clutter, rng)
     return label, cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
 
 
@@ -495,7 +509,7 @@ def run(argv):
     elif mode == 'synth':
         characters = CONTEST_CHARACTERS if FLAGS.text == 'expression' else FLAGS.charset
         spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
-                         FLAGS.image_width, usable_fonts(FLAGS.font_files, characters))
+                         FLAGS.image_width, usable_fonts(FLAGS.font_files, characters), FLAGS.clutter)
         if spec.fonts:
             log.info('drawing with the 8 Hershey fonts and %d TrueType fonts of --font_files', len(spec.fonts))
         else:
@@ -517,4 +531,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    tf.compat.v1.app.run(main)
+    run_app(main)

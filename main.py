@@ -543,4 +543,4 @@ def main(argv):
 
 if __name__ == '__main__':
     v1.disable_eager_execution()
-    v1.app.run(main)
+    utils.run_app(main)

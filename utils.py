@@ -94,6 +94,9 @@ flags.DEFINE_string('out_dir', './imgs/synth/', 'helper synth: folder to write i
 flags.DEFINE_integer('num_images', 1000, 'helper synth: number of images to write')
 flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
                   'helper synth: contest-style expressions or random strings of --charset')
+flags.DEFINE_enum('clutter', 'over', ['over', 'under'],
+                  'helper synth: draw the noise dots, discs and lines over the text (they may hide part of a '
+                  'character: harder training images) or under it (every character stays whole: test images)')
 flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.ttf', '/usr/local/share/fonts/**/*.ttf', '~/.fonts/**/*.ttf',
                                  '/Library/Fonts/*.ttf', 'C:/Windows/Fonts/*.ttf'],
                   'helper synth: glob patterns of TrueType fonts to draw with besides the Hershey fonts')
@@ -124,6 +127,17 @@ def setup_logging():
     log.setLevel(logging.INFO)
     log.propagate = False
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+
+
+def run_app(main):
+    """tf.compat.v1.app.run(main), but a flag value that does not parse (--precision=fp8, --seed=x) ends in one
+    line naming it, exit code 2, not a traceback."""
+    try:
+        FLAGS(sys.argv, known_only=True)
+    except flags.Error as error:
+        print('error: %s' % error, file=sys.stderr)
+        sys.exit(2)
+    tf.compat.v1.app.run(main)
 
 
 # --- charset -----------------------------------------------------------------

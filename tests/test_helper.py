@@ -14,7 +14,7 @@ from utils import UserError, expression_value, label_from_filename
 # Three single digits, two operators, parentheses around two adjacent numbers or none.
 CONTEST_GRAMMAR = re.compile(r'\d[-+*]\d[-+*]\d|\(\d[-+*]\d\)[-+*]\d|\d[-+*]\(\d[-+*]\d\)')
 EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180,
-                               fonts=())
+                               fonts=(), clutter='over')
 
 
 def write_contest_set(folder, count):
@@ -153,6 +153,42 @@ def test_clutter_never_takes_the_grey_level_of_the_text():
     assert len(helper.clutter_colours(50, np.array([[0, 0, 0], [128, 128, 128], [255, 255, 255]]), rng)) == 0
 
 
+@pytest.mark.parametrize('clutter', ['over', 'under'])
+def test_clutter_over_the_text_hides_some_of_it_and_under_the_text_none(monkeypatch, clutter):
+    seen = {}
+    place, add_clutter = helper.place, helper.add_clutter
+
+    def recorded_place(*args):
+        seen['colour'], seen['alpha'] = place(*args)
+        return seen['colour'], seen['alpha']
+
+    def recorded_clutter(image, ink, rng):
+        before = image.copy()
+        add_clutter(image, ink, rng)
+        seen['cluttered'] = (image != before).any(axis=2)
+
+    monkeypatch.setattr(helper, 'place', recorded_place)
+    monkeypatch.setattr(helper, 'add_clutter', recorded_clutter)
+    monkeypatch.setattr(helper, 'degrade', lambda image, rng: image)
+    crossings, hidden = 0, 0
+    for k in range(40):
+        image = helper.render('8-(4*7)', 60, 180, (), clutter, np.random.default_rng(k))
+        inked = seen['alpha'] > 0.999
+        crossings += (inked & seen['cluttered']).sum()
+        hidden += (np.abs(image[inked] - seen['colour'][inked]) > 0.3).any(axis=1).sum()  # 255 * (1 - 0.999)
+    assert crossings > 100  # clutter did cross the text
+    assert (hidden > 100) if clutter == 'over' else (hidden == 0)
+
+
+def test_clutter_under_the_text_keeps_each_label_and_changes_only_pixels():
+    for image_id in range(5):
+        over_label, over_png = helper.synth_image(EXPRESSION, image_id)
+        under_label, under_png = helper.synth_image(EXPRESSION._replace(clutter='under'), image_id)
+        assert under_label == over_label
+        over, under = (cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) for png in (over_png, under_png))
+        assert over.shape == under.shape and (over != under).any()
+
+
 def test_synth_writes_labelled_images_and_their_labels_file(tmp_path):
     out_dir, labels_path = str(tmp_path / 'synth'), str(tmp_path / 'synth' / 'labels.txt')
     helper.synth(EXPRESSION, 20, out_dir, labels_path, labelled_names=True, overwrite=False)
@@ -219,6 +255,24 @@ def test_cli_refuses_a_main_py_mode():
     result = run_cli('--mode=train', script='helper.py')
     assert result.returncode == 2
     assert 'error: --mode=train' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_cli_names_a_flag_value_that_does_not_parse(tmp_path):
+    result = run_cli('--mode=synth', '--clutter=sideways', '--out_dir=%s' % (tmp_path / 'out'), script='helper.py')
+    assert result.returncode == 2
+    assert 'error: flag --clutter=sideways: value should be one of <over|under>' in result.stderr
+    assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'out')
+
+
+def test_cli_synth_draws_the_clutter_under_the_text_when_asked(tmp_path):
+    for clutter in ('over', 'under'):
+        result = run_cli('--mode=synth', '--clutter=%s' % clutter, '--out_dir=%s' % (tmp_path / clutter),
+                         '--num_images=2', '--seed=4', '--font_files=', script='helper.py')
+        assert result.returncode == 0, result.stderr
+    for image_id in range(2):
+        label, png = helper.synth_image(EXPRESSION._replace(seed=4, clutter='under'), image_id)
+        name = '%d_%s.png' % (image_id, label)
+        assert (tmp_path / 'under' / name).read_bytes() == png != (tmp_path / 'over' / name).read_bytes()
 
 
 def test_cli_names_the_missing_image(tmp_path):

@@ -139,6 +139,8 @@ def test_missing_and_empty_folders(dataset):
     ('--image_channel=2', '--image_channel=2: must be 1'),
     ('--max_stepsize=500', '--max_stepsize=500: must be between 0 and --image_width=96'),
     ('--mode=rename', '--mode=rename: main.py runs train, val, infer or export'),
+    ('--precision=fp8', 'flag --precision=fp8: value should be one of <fp32|bf16|fp16>'),
+    ('--seed=x', 'flag --seed=x: invalid literal'),
 ])
 def test_bad_flags_are_named(dataset, flag, message):
     result = train(dataset, flag)
