@@ -1,8 +1,9 @@
 """Dataset tools: split a labelled image set into `<id>_<label>` train and val folders, and synthesise images.
 
 rename: labels file + images_dir -> pairs (id, image, label) -> shuffled with --seed -> copies named
-`<id>_<label>.<ext>` in train_dir and val_dir. synth: per image, a numpy generator seeded by (--seed, id) ->
-label (contest expression or random string) -> OpenCV drawing -> `<id>_<label>.png`, plus a labels file.
+`<id>_<label>.<ext>` in train_dir and val_dir. synth: per image, numpy generators seeded by (--seed, id) ->
+label (contest expression, random string, or none) -> the classic renderer (OpenCV and Pillow) or the contest's
+(modelled on the captcha package) -> `<id>_<label>.png`, plus a labels file.
 """
 import collections
 import functools
@@ -12,6 +13,7 @@ import os
 import shutil
 import time
 
+import captcha
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -113,10 +115,10 @@ def parse_label_line(line, named, where):
     fields = line.split()
     if not fields:
         raise UserError('%s is blank: every line must label one image' % where)
-    if named and (len(fields) < 2 or not is_file_name(fields[0])):
+    if named and not is_file_name(fields[0]):
         raise UserError('%s: %r is not `<file name> <label>` like line 1 (file names end in %s)' % (
             where, line, '/'.join(IMAGE_EXTENSIONS)))
-    label = fields[1] if named else fields[0]
+    label = (fields[1] if len(fields) > 1 else '') if named else fields[0]  # a file name alone: no text
     check_label(label, where)
     return (fields[0] if named else None), label
 
@@ -196,7 +198,8 @@ OPERATORS = '+-*'
 CONTEST_CHARACTERS = '0123456789()' + OPERATORS
 
 # What an image looks like, besides its id.
-SynthSpec = collections.namedtuple('SynthSpec', 'seed text charset min_len max_len height width fonts clutter')
+SynthSpec = collections.namedtuple('SynthSpec',
+                                   'seed text charset min_len max_len height width fonts clutter renderer blank_share')
 
 
 def contest_expression(rng):
@@ -248,15 +251,35 @@ def truetype_digit_height(path):
     return (bottom - top) / 100
 
 
+def ink_box(font, char):
+    """Width, height and inked share of the box of one character drawn at 40 pixels."""
+    image = Image.new('L', (160, 160))
+    ImageDraw.Draw(image).text((40, 40), char, font=truetype(font, 40), fill=255)
+    rows, cols = np.nonzero(np.asarray(image) > 64)
+    if not rows.size:
+        return 0, 0, 0.0
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    return width, height, rows.size / (width * height)
+
+
+def draws_text(font, characters):
+    """Whether a font draws text, not symbols: a minus wider than tall, an `8` that is not a filled block."""
+    minus_width, minus_height, _ = ink_box(font, '-') if '-' in characters else (1, 0, 0)
+    fill = ink_box(font, '8')[2] if '8' in characters else 0
+    return minus_width > 1.2 * minus_height and fill < 0.8
+
+
 def usable_fonts(patterns, characters):
-    """The TrueType files matching the glob patterns that draw every character (not their missing-glyph box)."""
+    """The TrueType and OpenType files matching the glob patterns that draw every character (not their
+    missing-glyph box) as text (draws_text)."""
     paths = sorted({path for pattern in patterns for path in glob.glob(os.path.expanduser(pattern), recursive=True)})
     usable = []
     for path in paths:
         try:
             font = truetype(path, 32)
             missing = bytes(font.getmask('\ue000'))
-            if all(bytes(font.getmask(char)) not in (missing, b'') for char in characters):
+            if all(bytes(font.getmask(char)) not in (missing, b'') for char in characters) and draws_text(
+                    path, characters):
                 usable.append(path)
         except OSError:
             log.warning('warning: cannot read font %s', path)
@@ -420,14 +443,18 @@ def place(premultiplied, alpha, height, width, rng):
     return placed_colour, placed_alpha
 
 
-def render(label, height, width, fonts, clutter, rng):
-    """The label drawn contest-style at a random size and place inside the image: uint8 BGR [height, width, 3].
-    clutter='over' draws the noise over the text, where a line or disc may hide a small operator; 'under' never
-    hides any of it. The random draws are the same either way, so an id keeps its label, font, place and noise."""
+def render_classic(label, height, width, fonts, clutter, rng):
+    """The label drawn by the project's own generator at a random size and place inside the image: uint8 BGR
+    [height, width, 3]. clutter='over' draws the noise over the text, where a line or disc may hide a small
+    operator; 'under' never hides any of it. The random draws are the same either way, so an id keeps its label,
+    font, place and noise. An empty label gives background, clutter and degradation only."""
     image = background(height, width, rng)
-    colours = text_colours(len(label), float(image.mean(axis=(0, 1)) @ LUMA), rng)
-    premultiplied, alpha = place(*text_layer(label, colours, height * rng.uniform(0.3, 0.8), fonts, rng),
-                                 height, width, rng)
+    colours = text_colours(max(1, len(label)), float(image.mean(axis=(0, 1)) @ LUMA), rng)
+    if label:
+        premultiplied, alpha = place(*text_layer(label, colours, height * rng.uniform(0.3, 0.8), fonts, rng),
+                                     height, width, rng)
+    else:
+        premultiplied, alpha = np.zeros_like(image), np.zeros(image.shape[:2], np.float32)
     if clutter == 'over':
         image = image * (1 - alpha[..., None]) + premultiplied
     add_clutter(image, colours, rng)
@@ -436,13 +463,127 @@ def render(label, height, width, fonts, clutter, rng):
     return degrade(image, rng)
 
 
+# --- synth: the contest's renderer -------------------------------------------
+# Modelled on the Python `captcha` package's ImageCaptcha, which drew the contest's images: each character in its
+# own box, rotated and warped on its own, centred vertically, the boxes overlapping; the line squeezed to the
+# image width; one colour for the text, noise dots and an arc; a smoothing filter.
+
+CONTEST_FONT_SIZES = (42, 50, 56)  # ImageCaptcha's sizes at height 60
+CONTEST_ROTATION = 30  # degrees either way, ImageCaptcha's range
+FREE_ROTATION = 45  # degrees either way, in FREE_ROTATION_SHARE of the images: shapes, not orientations
+FREE_ROTATION_SHARE = 0.4
+MASK_GAIN = 1.97
+CAPTCHA_FONT = os.path.join(os.path.dirname(captcha.__file__), 'data', 'DroidSansMono.ttf')  # ImageCaptcha's own  # ImageCaptcha pastes a character through its own brightness times this
+
+
+def contest_glyph(char, font, size, rotation, rng):
+    """One character's coverage (float32 [rows, cols], 0..1), as ImageCaptcha draws it: drawn with a small random
+    offset, cropped to its ink, turned by `rotation` degrees, stretched back to the size of its text box and warped
+    through a random quadrilateral (so that a minus or an asterisk comes out as tall as a digit). Half of the
+    minus signs are a thin short bar that keeps its own size, as the contest's images show them."""
+    face = truetype(font, size)
+    left, top, right, bottom = face.getbbox(char)
+    width, height = max(1, int(right)), max(1, int(bottom))
+    dx, dy = int(rng.integers(0, 5)), int(rng.integers(0, 7))
+    image = Image.new('L', (width + dx, height + dy))
+    thin_minus = char == '-' and rng.random() < 0.5
+    if thin_minus:
+        bar = max(1, round(size * rng.uniform(0.04, 0.08)))
+        middle = dy + (top + bottom) // 2
+        ImageDraw.Draw(image).rectangle(
+            [dx + left, middle - bar // 2, dx + left + round(size * rng.uniform(0.2, 0.35)), middle + bar // 2],
+            fill=255)
+    elif char != ' ':
+        ImageDraw.Draw(image).text((dx, dy), char, font=face, fill=255)
+    image = image.crop(image.getbbox()) if image.getbbox() else image
+    image = image.rotate(rotation, Image.BILINEAR, expand=True)
+    if thin_minus:
+        width, height = image.size
+    warp_x = width * rng.uniform(0.1, 0.3)
+    warp_y = height * rng.uniform(0.2, 0.3)
+    x1, x2 = (int(v) for v in rng.uniform(-warp_x, warp_x, 2))
+    y1, y2 = (int(v) for v in rng.uniform(-warp_y, warp_y, 2))
+    wide, tall = width + abs(x1) + abs(x2), height + abs(y1) + abs(y2)
+    image = image.resize((wide, tall)).transform(
+        (width, height), Image.QUAD, (x1, y1, -x1, tall - y2, wide + x2, tall + y2, wide - x2, -y1), Image.BILINEAR)
+    return np.asarray(image, np.float32) / 255
+
+
+def contest_text(label, height, fonts, rng):
+    """The label's character boxes (ImageCaptcha's, a space before half of them), the digits a random size of
+    CONTEST_FONT_SIZES scaled to the image height, one font per image (a third of the images change font per
+    character)."""
+    limit = FREE_ROTATION if rng.random() < FREE_ROTATION_SHARE else CONTEST_ROTATION
+    font = fonts[rng.integers(0, len(fonts))]
+    per_character = rng.random() < 0.33
+    glyphs = []
+    for char in label:
+        char_font = fonts[rng.integers(0, len(fonts))] if per_character else font
+        size = max(8, round(CONTEST_FONT_SIZES[rng.integers(0, 3)] * height / 60 * rng.uniform(0.9, 1.1)))
+        if rng.random() < 0.5:
+            glyphs.append(contest_glyph(' ', char_font, size, 0, rng))
+        glyphs.append(contest_glyph(char, char_font, size, rng.uniform(-limit, limit), rng))
+    return glyphs
+
+
+def contest_noise(coverage, rng):
+    """ImageCaptcha's noise, in place on a coverage map [h, w]: 30 dots 3 pixels wide and an arc."""
+    height, width = coverage.shape
+    image = Image.fromarray(coverage)
+    draw = ImageDraw.Draw(image)
+    for x, y in zip(rng.integers(0, width + 1, 30), rng.integers(0, height + 1, 30)):
+        draw.line(((int(x), int(y)), (int(x) - 1, int(y) - 1)), fill=1.0, width=3)
+    if rng.random() < 0.7:
+        x1 = int(rng.integers(0, width // 5 + 1))
+        x2 = int(rng.integers(width // 5, width + 1))
+        y1 = int(rng.integers(height // 5, height - height // 5 + 1))
+        y2 = int(rng.integers(y1, max(y1, height - height // 5) + 1))
+        draw.arc([x1, y1, max(x1, x2), y2], int(rng.integers(0, 21)), int(rng.integers(160, 201)), fill=1.0)
+    return np.asarray(image, np.float32)
+
+
+def render_contest(label, height, width, fonts, rng):
+    """The label drawn the contest's way (see above): uint8 BGR [height, width, 3]. fonts: TrueType files (at
+    least one)."""
+    backdrop = rng.integers(238, 256, 3).astype(np.float32)
+    colour = rng.integers(10, 201, 3).astype(np.float32)
+    opacity = min(1.0, float(colour @ LUMA) * MASK_GAIN / 255) * rng.integers(220, 256) / 255
+    glyphs = contest_text(label, height, fonts, rng)
+    text_width = sum(glyph.shape[1] for glyph in glyphs)
+    coverage = np.zeros((height, max(width, text_width)), np.float32)
+    average = text_width // max(1, len(label))
+    offset = int(average * 0.1)
+    for glyph in glyphs:
+        rows, cols = glyph.shape
+        top = (height - rows) // 2
+        area = coverage[max(0, top):top + rows, offset:offset + cols]
+        area[:] = np.maximum(area, glyph[max(0, -top):max(0, -top) + area.shape[0], :area.shape[1]] * opacity)
+        offset += cols - int(rng.integers(0, int(0.25 * average) + 1))
+    coverage = cv2.resize(coverage, (width, height), interpolation=cv2.INTER_AREA)
+    coverage = np.maximum(coverage, contest_noise(coverage.copy(), rng) * opacity)
+    image = backdrop * (1 - coverage[..., None]) + colour * coverage[..., None]
+    image = cv2.filter2D(image, -1, SMOOTH_KERNEL)
+    return degrade(image, rng) if rng.random() < 0.3 else np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+SMOOTH_KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13  # Pillow's ImageFilter.SMOOTH
+
+
 # --- synth: files ------------------------------------------------------------
 
 def synth_image(spec, image_id):
-    """Label and PNG bytes of one image; the same spec and id always give the same bytes."""
+    """Label and PNG bytes of one image; the same spec and id always give the same bytes.
+
+    A second generator of the same seed and id decides whether the image is blank (label '') and, for
+    --renderer=mix, which renderer draws it, so that the classic renderer's images stay what they were."""
     rng = np.random.default_rng([spec.seed, image_id])
-    label = make_label(spec, rng)
-    image = render(label, spec.height, spec.width, spec.fonts, spec.clutter, rng)
+    choice = np.random.default_rng([spec.seed, image_id, 1])
+    label = '' if choice.random() < spec.blank_share else make_label(spec, rng)
+    renderer = spec.renderer if spec.renderer != 'mix' else ('contest', 'classic')[choice.integers(0, 2)]
+    if renderer == 'contest':
+        image = render_contest(label, spec.height, spec.width, spec.fonts, rng)
+    else:
+        image = render_classic(label, spec.height, spec.width, spec.fonts, spec.clutter, rng)
     return label, cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
 
 
@@ -508,13 +649,11 @@ def run(argv):
                FLAGS.overwrite)
     elif mode == 'synth':
         characters = CONTEST_CHARACTERS if FLAGS.text == 'expression' else FLAGS.charset
+        fonts = usable_fonts(FLAGS.font_files + [CAPTCHA_FONT], characters)
         spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
-                         FLAGS.image_width, usable_fonts(FLAGS.font_files, characters), FLAGS.clutter)
-        if spec.fonts:
-            log.info('drawing with the 8 Hershey fonts and %d TrueType fonts of --font_files', len(spec.fonts))
-        else:
-            log.warning('warning: no TrueType font of --font_files draws all of %r: drawing with the Hershey fonts '
-                        'only, whose shapes few other renderers share', characters)
+                         FLAGS.image_width, fonts, FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
+        log.info('drawing with %d TrueType fonts (--font_files and the captcha package\'s)%s', len(fonts),
+                 '' if FLAGS.renderer == 'contest' else ' and the 8 Hershey fonts')
         labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
         synth(spec, FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
     else:

@@ -1,5 +1,6 @@
-r"""Contest-style expressions drawn in another way than helper.py's generator: whole strings by Pillow, no per-glyph
-transforms, in TrueType fonts the generator never used. A script, not a test: it wrote the held-out set
+r"""Contest-style expressions drawn in other ways than helper.py's generator, to measure how a model reads images it
+was not trained on. A script, not a test. --style=strings (the default): whole strings by Pillow, no per-glyph
+transforms, in TrueType fonts the generator never used; it wrote the held-out set
 tests/data/other_renderers/ that tests/test_shipped_model.py reads, with the STIX and Computer Modern fonts that
 matplotlib 3.11 bundles (helper.py drew the shipped model's training images with Hershey and DejaVu fonts):
 
@@ -10,12 +11,19 @@ matplotlib 3.11 bundles (helper.py drew the shipped model's training images with
 
 Per image: a font file, size and colour, a plain or tinted background, sometimes noise dots, a line, a small
 rotation or blur, and an image size around the contest's 180x60 (the model resizes whatever it reads).
+
+--style=rotated: the same, but each character drawn on its own and turned up to 20 degrees either way, with noise
+dots and lines. --style=captcha: the `captcha` package's ImageCaptcha at 180x60 with its own font (--fonts is not
+used), its randomness drawn from --seed. --style=blank: images without text (plain white, black, grey or
+paper-coloured, or with noise dots and lines only), named `<id>_.png`: the reading should be empty.
 """
+import random
 import argparse
 import os
 import sys
 
 import numpy as np
+from captcha.image import ImageCaptcha
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +34,8 @@ def parse_args(argv):
     parser.add_argument('--out_dir', required=True, help='folder to write <id>_<label>.png images into')
     parser.add_argument('--num_images', type=int, default=100)
     parser.add_argument('--seed', type=int, default=7)
-    parser.add_argument('--fonts', nargs='+', required=True, help='TrueType files to draw with')
+    parser.add_argument('--fonts', nargs='+', default=[], help='TrueType files to draw with')
+    parser.add_argument('--style', default='strings', choices=['strings', 'rotated', 'captcha', 'blank'])
     return parser.parse_args(argv)
 
 
@@ -46,13 +55,7 @@ def draw(label, fonts, rng):
     x = rng.integers(2, width - (right - left) - 2) - left
     y = rng.integers(2, max(3, height - (bottom - top) - 2)) - top
     canvas.text((int(x), int(y)), label, font=font, fill=ink)
-    for _ in range(rng.integers(0, 60) if rng.random() < 0.4 else 0):
-        canvas.point((int(rng.integers(0, width)), int(rng.integers(0, height))),
-                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    if rng.random() < 0.3:
-        canvas.line([(int(rng.integers(0, width // 3)), int(rng.integers(0, height))),
-                     (int(rng.integers(2 * width // 3, width)), int(rng.integers(0, height)))],
-                    fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=1)
+    noise(image, rng)
     if rng.random() < 0.3:
         image = image.rotate(rng.uniform(-6, 6), resample=Image.BILINEAR, fillcolor=background)
     if rng.random() < 0.25:
@@ -60,15 +63,99 @@ def draw(label, fonts, rng):
     return image
 
 
+def noise(image, rng):
+    """Sometimes up to 60 dots and a line, in random colours."""
+    canvas = ImageDraw.Draw(image)
+    width, height = image.size
+    for _ in range(rng.integers(0, 60) if rng.random() < 0.4 else 0):
+        canvas.point((int(rng.integers(0, width)), int(rng.integers(0, height))),
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    if rng.random() < 0.3:
+        canvas.line([(int(rng.integers(0, width // 3)), int(rng.integers(0, height))),
+                     (int(rng.integers(2 * width // 3, width)), int(rng.integers(0, height)))],
+                    fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=1)
+
+
+def turned_glyphs(label, font, angles):
+    """A coverage image per character, cropped to its ink and turned by its angle."""
+    glyphs = []
+    for char, angle in zip(label, angles):
+        glyph = Image.new('L', (2 * font.size, 2 * font.size))
+        ImageDraw.Draw(glyph).text((font.size // 2, font.size // 2), char, font=font, fill=255)
+        glyph = glyph.crop(glyph.getbbox())
+        glyphs.append(glyph.rotate(angle, resample=Image.BILINEAR, expand=True))
+    return glyphs
+
+
+def draw_rotated(label, fonts, rng):
+    """Each character drawn on its own in one font, turned up to 20 degrees, then noise: about 180x60."""
+    width, height = int(rng.integers(160, 221)), int(rng.integers(50, 71))
+    background = tuple(int(v) for v in rng.integers(215, 256, 3))
+    ink = tuple(int(v) for v in rng.integers(0, 120, 3))
+    image = Image.new('RGB', (width, height), background)
+    font = ImageFont.truetype(fonts[rng.integers(0, len(fonts))], int(height * rng.uniform(0.45, 0.7)))
+    angles = rng.uniform(-20, 20, len(label))
+    glyphs = turned_glyphs(label, font, angles)
+    while sum(g.size[0] for g in glyphs) > width - 4:
+        font = ImageFont.truetype(font.path, font.size - 2)
+        glyphs = turned_glyphs(label, font, angles)
+    total = sum(g.size[0] for g in glyphs)
+    gap = max(1, (width - 4 - total) // (2 * len(glyphs)))
+    x = int(rng.integers(2, max(3, width - total - gap * (len(glyphs) - 1))))
+    for glyph in glyphs:
+        y = (height - glyph.size[1]) // 2 + int(rng.integers(-3, 4))
+        image.paste(ink, (x, y), glyph)
+        x += glyph.size[0] + gap
+    noise(image, rng)
+    return image
+
+
+class SeededSecrets:
+    """The part of the `secrets` module that ImageCaptcha uses, drawn from a seeded generator."""
+
+    def __init__(self, seed):
+        self.random = random.Random(seed)
+
+    def randbelow(self, n):
+        return self.random.randrange(n)
+
+    def randbits(self, k):
+        return self.random.getrandbits(k)
+
+    def choice(self, items):
+        return self.random.choice(items)
+
+
+def draw_captcha(label, seed):
+    """The captcha package's default ImageCaptcha at 180x60, its randomness from the seed."""
+    import captcha.image
+    captcha.image.secrets = SeededSecrets(seed)
+    return ImageCaptcha(width=180, height=60).generate_image(label)
+
+
+def draw_blank(rng):
+    """An image without text: plain white, black, grey or paper-coloured, half of them with noise."""
+    colour = [(255, 255, 255), (0, 0, 0), (128, 128, 128), (236, 226, 198)][rng.integers(0, 4)]
+    image = Image.new('RGB', (180, 60), colour)
+    if rng.random() < 0.5:
+        noise(image, rng)
+    return image
+
+
 def main(argv):
     args = parse_args(argv)
     fonts = sorted(args.fonts)
+    if args.style in ('strings', 'rotated') and not fonts:
+        raise SystemExit('--style=%s needs --fonts' % args.style)
     os.makedirs(args.out_dir, exist_ok=True)
     for image_id in range(args.num_images):
         rng = np.random.default_rng([args.seed, image_id])
-        label = contest_expression(rng)
-        draw(label, fonts, rng).save(os.path.join(args.out_dir, '%d_%s.png' % (image_id, label)), optimize=True)
-    print('wrote %d images with %d fonts to %s' % (args.num_images, len(fonts), args.out_dir))
+        label = '' if args.style == 'blank' else contest_expression(rng)
+        image = {'strings': lambda: draw(label, fonts, rng), 'rotated': lambda: draw_rotated(label, fonts, rng),
+                 'captcha': lambda: draw_captcha(label, args.seed * 1000003 + image_id),
+                 'blank': lambda: draw_blank(rng)}[args.style]()
+        image.save(os.path.join(args.out_dir, '%d_%s.png' % (image_id, label)), optimize=True)
+    print('wrote %d images (%s) to %s' % (args.num_images, args.style, args.out_dir))
 
 
 if __name__ == '__main__':

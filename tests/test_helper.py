@@ -14,7 +14,8 @@ from utils import UserError, expression_value, label_from_filename
 # Three single digits, two operators, parentheses around two adjacent numbers or none.
 CONTEST_GRAMMAR = re.compile(r'\d[-+*]\d[-+*]\d|\(\d[-+*]\d\)[-+*]\d|\d[-+*]\(\d[-+*]\d\)')
 EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180,
-                               fonts=(), clutter='over')
+                               fonts=(), clutter='over', renderer='classic', blank_share=0.0)
+CONTEST = EXPRESSION._replace(renderer='contest', fonts=(helper.CAPTCHA_FONT,))
 
 
 def write_contest_set(folder, count):
@@ -172,7 +173,7 @@ def test_clutter_over_the_text_hides_some_of_it_and_under_the_text_none(monkeypa
     monkeypatch.setattr(helper, 'degrade', lambda image, rng: image)
     crossings, hidden = 0, 0
     for k in range(40):
-        image = helper.render('8-(4*7)', 60, 180, (), clutter, np.random.default_rng(k))
+        image = helper.render_classic('8-(4*7)', 60, 180, (), clutter, np.random.default_rng(k))
         inked = seen['alpha'] > 0.999
         crossings += (inked & seen['cluttered']).sum()
         hidden += (np.abs(image[inked] - seen['colour'][inked]) > 0.3).any(axis=1).sum()  # 255 * (1 - 0.999)
@@ -257,11 +258,13 @@ def test_cli_names_a_flag_value_that_does_not_parse(tmp_path):
 
 def test_cli_synth_draws_the_clutter_under_the_text_when_asked(tmp_path):
     for clutter in ('over', 'under'):
-        result = run_cli('--mode=synth', '--clutter=%s' % clutter, '--out_dir=%s' % (tmp_path / clutter),
-                         '--num_images=2', '--seed=4', '--font_files=', script='helper.py')
+        result = run_cli('--mode=synth', '--renderer=classic', '--clutter=%s' % clutter,
+                         '--out_dir=%s' % (tmp_path / clutter), '--num_images=2', '--seed=4', '--font_files=',
+                         script='helper.py')
         assert result.returncode == 0, result.stderr
     for image_id in range(2):
-        label, png = helper.synth_image(EXPRESSION._replace(seed=4, clutter='under'), image_id)
+        label, png = helper.synth_image(EXPRESSION._replace(seed=4, clutter='under', fonts=(helper.CAPTCHA_FONT,)),
+                                        image_id)
         name = '%d_%s.png' % (image_id, label)
         over = tmp_path / 'over' / name  # the same id keeps its label: only pixels change
         assert (tmp_path / 'under' / name).read_bytes() == png != over.read_bytes()
@@ -277,20 +280,83 @@ def test_cli_names_the_missing_image(tmp_path):
     assert not os.path.exists(tmp_path / 'train')
 
 
-def test_synth_without_truetype_fonts_warns_and_draws_hershey_only(tmp_path):
-    result = run_cli('--mode=synth', '--out_dir=%s' % (tmp_path / 'out'), '--num_images=3',
-                     '--font_files=%s' % (tmp_path / 'no_fonts' / '*.ttf'), script='helper.py')
-    assert result.returncode == 0, result.stderr
-    assert 'no TrueType font of --font_files draws all of' in result.stderr
-    assert len(os.listdir(tmp_path / 'out')) == 4  # 3 images and labels.txt
-
-
-@pytest.mark.skipif(not helper.usable_fonts(utils.FLAGS['font_files'].default, helper.CONTEST_CHARACTERS),
-                    reason='this machine has no TrueType fonts in the default --font_files places')
 def test_truetype_characters_are_drawn_at_the_digit_height():
-    font = helper.usable_fonts(utils.FLAGS['font_files'].default, helper.CONTEST_CHARACTERS)[0]
-    canvas, baseline = helper.draw_char('8', font, 30, 3)
+    canvas, baseline = helper.draw_char('8', helper.CAPTCHA_FONT, 30, 3)
     inked_rows = np.flatnonzero(canvas.max(axis=1) > 127)
     assert abs(inked_rows[-1] - inked_rows[0] + 1 - 30) <= 3 and abs(inked_rows[-1] + 1 - baseline) <= 2
-    spec = EXPRESSION._replace(fonts=(font,))
+    spec = EXPRESSION._replace(fonts=(helper.CAPTCHA_FONT,))
     assert helper.synth_image(spec, 3) == helper.synth_image(spec, 3)
+
+
+def test_fonts_that_draw_symbols_instead_of_text_are_not_used(tmp_path):
+    assert helper.usable_fonts([helper.CAPTCHA_FONT], helper.CONTEST_CHARACTERS) == (helper.CAPTCHA_FONT,)
+    assert helper.draws_text(helper.CAPTCHA_FONT, helper.CONTEST_CHARACTERS)
+    (tmp_path / 'broken.ttf').write_bytes(b'not a font')
+    assert helper.usable_fonts([str(tmp_path / '*.ttf')], helper.CONTEST_CHARACTERS) == ()
+
+
+def inked(png):
+    """Pixels of an image clearly darker than its background (the brightest tenth)."""
+    grey = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE).astype(int)
+    return grey < np.percentile(grey, 90) - 60
+
+
+def test_contest_renderer_is_deterministic_and_draws_text_across_the_image():
+    label, png = helper.synth_image(CONTEST, 5)
+    assert CONTEST_GRAMMAR.fullmatch(label)
+    assert helper.synth_image(CONTEST, 5) == (label, png)
+    assert helper.synth_image(CONTEST, 6)[1] != png
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (60, 180, 3)
+    columns = np.flatnonzero(inked(png).any(axis=0))
+    assert columns[-1] - columns[0] > 90  # seven characters spread over more than half the width
+
+
+def tilt_from_vertical(coverage):
+    """Degrees between the main axis of a glyph's ink and the vertical."""
+    moments = cv2.moments((coverage > 0.5).astype(np.uint8), binaryImage=True)
+    axis = 0.5 * np.degrees(np.arctan2(2 * moments['mu11'], moments['mu20'] - moments['mu02']))  # from horizontal
+    return 90 - abs(axis)
+
+
+def test_contest_glyphs_turn_by_the_angle_asked_up_to_the_free_rotation_limit():
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        assert tilt_from_vertical(helper.contest_glyph('1', helper.CAPTCHA_FONT, 50, 0, rng)) < 20
+        turned = helper.contest_glyph('1', helper.CAPTCHA_FONT, 50, helper.FREE_ROTATION, rng)
+        assert 25 < tilt_from_vertical(turned) < 65
+
+
+def test_mix_draws_both_renderers_and_keeps_classic_images_as_they_were():
+    spec = EXPRESSION._replace(fonts=(helper.CAPTCHA_FONT,))
+    mixed = [helper.synth_image(spec._replace(renderer='mix'), i) for i in range(12)]
+    classic = [helper.synth_image(spec, i) for i in range(12)]
+    contest = [helper.synth_image(spec._replace(renderer='contest'), i) for i in range(12)]
+    assert [m[0] for m in mixed] == [c[0] for c in classic]  # an id keeps its label
+    from_classic = sum(m == c for m, c in zip(mixed, classic))
+    from_contest = sum(m == c for m, c in zip(mixed, contest))
+    assert from_classic + from_contest == 12 and from_classic >= 2 and from_contest >= 2
+
+
+def test_blank_share_draws_images_without_text_named_with_an_empty_label(tmp_path):
+    spec = CONTEST._replace(renderer='mix', blank_share=0.5)
+    labels = [helper.synth_image(spec, i)[0] for i in range(40)]
+    assert 10 <= labels.count('') <= 30 and all(CONTEST_GRAMMAR.fullmatch(l) for l in labels if l)
+    helper.synth(spec, 12, str(tmp_path / 'out'), str(tmp_path / 'labels.txt'), labelled_names=True,
+                 overwrite=False)
+    names = os.listdir(tmp_path / 'out')
+    blanks = [n for n in names if n.endswith('_.png')]
+    assert blanks and all(label_from_filename(n) == '' for n in blanks)
+    assert all(inked(helper.synth_image(spec, i)[1]).sum() < 400 for i in range(40) if not labels[i])
+
+
+def test_cli_synth_contest_renderer(tmp_path):
+    result = run_cli('--mode=synth', '--renderer=contest', '--out_dir=%s' % (tmp_path / 'out'), '--num_images=3',
+                     '--seed=2', '--font_files=', script='helper.py')
+    assert result.returncode == 0, result.stderr
+    assert 'drawing with 1 TrueType fonts' in result.stderr + result.stdout
+    for name in os.listdir(tmp_path / 'out'):
+        if name.endswith('.png'):
+            label, png = helper.synth_image(CONTEST._replace(seed=2), int(helper.image_id(name)))
+            assert name == '%s_%s.png' % (helper.image_id(name), label)
+            assert (tmp_path / 'out' / name).read_bytes() == png
