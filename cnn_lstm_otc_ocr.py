@@ -433,9 +433,18 @@ class LSTMOCR:
         return tf.fill([batch_size], self.time_steps)
 
     def losses(self, logits, label_ids):
-        """CTC loss of each image [b]; label_ids [b, max_len] int32, padded with -1. No valid path gives inf."""
-        return v1.nn.ctc_loss(dense_to_sparse(label_ids), logits, self.sequence_length(tf.shape(logits)[1]),
-                              time_major=True)
+        """CTC loss of each image [b]; label_ids [b, max_len] int32, padded with -1. No valid path gives inf.
+
+        An empty label (an image without text) has one path, the blank at every step: its loss is computed here,
+        since TensorFlow's CTC op refuses empty labels (it gets a stand-in label whose loss is not used).
+        """
+        empty = tf.equal(tf.reduce_max(label_ids, axis=1), -1)                    # [b]
+        first = tf.equal(tf.range(tf.shape(label_ids)[1]), 0)                      # [max_len]
+        stand_in = tf.where(empty[:, None] & first[None, :], tf.zeros_like(label_ids), label_ids)
+        ctc = v1.nn.ctc_loss(dense_to_sparse(stand_in), logits, self.sequence_length(tf.shape(logits)[1]),
+                             time_major=True)                                  # [b]
+        blank_only = -tf.reduce_sum(tf.nn.log_softmax(logits)[:, :, -1], axis=0)  # [b]
+        return tf.where(empty, blank_only, ctc)
 
     def decode(self, logits, decoder='beam', beam_width=10):
         """Class ids of the best path [b, max_decoded_len], padded with -1."""

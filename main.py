@@ -356,20 +356,66 @@ def check_finite(step, fetched):
                         if len(bad) > 10 else ''))
 
 
-def train():
+def init_model(directory):
+    """Architecture and checkpoint of the model folder --init_from names (its best validated model, else its
+    latest checkpoint); a folder's best/ finds the architecture in the folder above."""
+    if not os.path.isdir(directory):
+        raise UserError('--init_from=%s: no such folder' % directory)
+    checkpoint = best_checkpoint(directory)[0] or latest_checkpoint(directory)
+    if checkpoint is None:
+        raise UserError('--init_from=%s holds no model checkpoint' % directory)
+    saved = load_architecture(directory) or load_architecture(os.path.dirname(os.path.normpath(directory)))
+    if saved is None:
+        raise UserError('--init_from=%s has no %s: its architecture is unknown' % (directory, ARCHITECTURE_FILE))
+    return resolve_architecture(saved, directory), checkpoint
+
+
+def initialise_from(session, checkpoint):
+    """Loads the model's weights and batch-norm statistics from a checkpoint (not its optimiser state or step);
+    a variable the checkpoint lacks or holds in another shape is an error that lists them."""
+    saved = dict(tf.train.list_variables(checkpoint))
+    wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
+    problems = ['%s: not in the checkpoint' % v.op.name for v in wanted if v.op.name not in saved]
+    problems += ['%s: %s here, %s in the checkpoint' % (v.op.name, v.shape.as_list(), saved[v.op.name])
+                 for v in wanted if v.op.name in saved and v.shape.as_list() != list(saved[v.op.name])]
+    if problems:
+        raise UserError('--init_from: %s does not fit this model (%d differences):\n  %s' % (
+            checkpoint, len(problems), '\n  '.join(problems[:10] + (['...'] if len(problems) > 10 else []))))
+    v1.train.Saver({v.op.name: v for v in wanted}).restore(session, checkpoint)
+    log.info('initialised the model from %s (step 0, fresh optimiser)', checkpoint)
+
+
+def training_start():
+    """Architecture, the checkpoint to resume (--restore) and the one to start from (--init_from) of a training,
+    after refusing combinations that would lose or mix models."""
     directory = FLAGS.checkpoint_dir
     checkpoint = latest_checkpoint(directory)
+    if FLAGS.restore and FLAGS.init_from:
+        raise UserError('--restore continues a training, --init_from starts a new one from a model: choose one')
     if FLAGS.restore and checkpoint is None:
         raise UserError('--restore: no checkpoint in --checkpoint_dir=%s' % FLAGS.checkpoint_dir)
+    if FLAGS.restore and 'global_step' not in dict(tf.train.list_variables(checkpoint)):
+        raise UserError('--restore: --checkpoint_dir=%s holds an exported model (no step or optimiser state) that '
+                        'cannot be continued: start a new training from it with --init_from=%s' % (
+                            directory, directory))
     if not FLAGS.restore and (checkpoint or best_checkpoint(directory)[0]):
         raise UserError('--checkpoint_dir=%s already holds a trained model: pass --restore to continue training '
                         'it, or choose another --checkpoint_dir' % FLAGS.checkpoint_dir)
-    arch = resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory)
+    if FLAGS.init_from:
+        arch, init_checkpoint = init_model(FLAGS.init_from)
+        return arch, init_checkpoint, None
+    return resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory), None, checkpoint
+
+
+def train():
+    directory = FLAGS.checkpoint_dir
+    arch, init_checkpoint, checkpoint = training_start()
     check_schedule()
     devices = training_towers()
     charset = utils.Charset(arch.charset)
     train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
-                                           shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs)
+                                           shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs,
+                                           augment=FLAGS.augment)
     val_data, val_count = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
     log.info('training on %d images of %s, validating on %d of %s; %d time steps, %d classes',
              train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
@@ -387,6 +433,8 @@ def train():
 
     with v1.Session(config=session_config()) as session:
         session.run(v1.global_variables_initializer())
+        if init_checkpoint:
+            initialise_from(session, init_checkpoint)
         best_path, best = best_checkpoint(directory)
         best = best or {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
         if FLAGS.restore:

@@ -97,9 +97,21 @@ flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
 flags.DEFINE_enum('clutter', 'over', ['over', 'under'],
                   'helper synth: draw the noise dots, discs and lines over the text (they may hide part of a '
                   'character: harder training images) or under it (every character stays whole: test images)')
-flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.ttf', '/usr/local/share/fonts/**/*.ttf', '~/.fonts/**/*.ttf',
-                                 '/Library/Fonts/*.ttf', 'C:/Windows/Fonts/*.ttf'],
-                  'helper synth: glob patterns of TrueType fonts to draw with besides the Hershey fonts')
+flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.[ot]tf', '/usr/local/share/fonts/**/*.[ot]tf',
+                                 '~/.fonts/**/*.[ot]tf', '~/.local/share/fonts/**/*.[ot]tf', '/Library/Fonts/*.[ot]tf',
+                                 'C:/Windows/Fonts/*.[ot]tf'],
+                  'helper synth: glob patterns of TrueType and OpenType fonts to draw with (the captcha package\'s '
+                  'DroidSansMono always; the classic renderer also has OpenCV\'s Hershey fonts)')
+flags.DEFINE_enum('renderer', 'mix', ['classic', 'contest', 'mix'],
+                  'helper synth: classic: the project\'s own generator (fonts, colours, clutter); contest: modelled '
+                  'on the captcha package that drew the contest (rotated, warped, overlapping characters, thin '
+                  'noise); mix: each image one of the two at random')
+flags.DEFINE_float('blank_share', 0.0, 'helper synth: share of the images drawn without text (label empty, named '
+                   '<id>_.png), to teach a model to read nothing where there is nothing')
+flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
+                     'brightness, colour, noise) in the input pipeline; never in val or infer')
+flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
+                    'or an export such as imgs/model) at step 0 with a fresh optimiser')
 flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
 flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
 flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<label>.png, else <id>.png '
@@ -185,7 +197,8 @@ def ctc_steps_needed(label):
 # --- file names --------------------------------------------------------------
 
 def label_from_filename(name):
-    """`12_(3-7)*5.png` -> `(3-7)*5`: everything after the first `_` up to the extension."""
+    """`12_(3-7)*5.png` -> `(3-7)*5`: everything after the first `_` up to the extension; `12_.png` -> '' (an
+    image without text); `12.png` -> None."""
     stem = os.path.splitext(os.path.basename(name))[0]
     if '_' not in stem:
         return None
@@ -225,7 +238,7 @@ def list_labelled_images(directory, flag_name, charset, time_steps):
     for path in paths:
         name = os.path.basename(path)
         label = label_from_filename(name)
-        if not label:
+        if label is None:
             problems.append('%s: no label (expected <id>_<label>%s)' % (name, os.path.splitext(name)[1]))
         elif charset.unknown(label):
             problems.append('%s: label %r has %r, not in --charset=%r' % (
@@ -319,14 +332,14 @@ class LabelledImages:
 
 
 def image_dataset(paths, labels, charset, batch_size, shape, shuffle=False, seed=0, repeat=1,
-                  keep_unreadable=False, cache_bytes=CACHE_BYTES):
+                  keep_unreadable=False, cache_bytes=CACHE_BYTES, augment=False):
     """A streaming pipeline of batches {images uint8 [b, h, w, c], labels [b], label_ids [b, n], paths [b], ok [b]}.
 
     The graph holds image numbers (shuffled as the names themselves would be), never the names, which TensorFlow
     would copy at every graph optimisation and checkpoint; a batch of numbers is read in one Python call
     (LabelledImages: decoded images cached when they fit in cache_bytes), batches in parallel. Unreadable images
     are dropped (with a warning) unless keep_unreadable, when they come as zeros with ok False. The last batch is
-    kept even when partial.
+    kept even when partial. With augment, every batch goes through augment_images (for training only).
     """
     images = LabelledImages(paths, labels, charset, shape, cache_bytes)
 
@@ -345,7 +358,81 @@ def image_dataset(paths, labels, charset, batch_size, shape, shuffle=False, seed
     dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
     if not keep_unreadable:
         dataset = dataset.filter(lambda image: image['ok'])
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if augment:
+        dataset = dataset.map(lambda batch: dict(batch, images=augment_images(batch['images'])),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# --- augmentation ------------------------------------------------------------
+# Each change is drawn per image and left out for a random share of them; AUGMENTED_SHARE of the images are
+# changed at all, so that the model also keeps seeing images as they are.
+
+AUGMENTED_SHARE = 0.8
+
+def per_image(batch_size, low, high, share, neutral=0.0):
+    """[batch_size] values uniform in [low, high); a random (1 - share) of them `neutral` (no change)."""
+    values = tf.random.uniform([batch_size], low, high)
+    return tf.where(tf.random.uniform([batch_size]) < share, values, neutral)
+
+
+def warp_transforms(batch_size, height, width):
+    """[batch_size, 8] projective maps (output pixel -> input pixel, ImageProjectiveTransformV3's form) of a random
+    rotation, shear, scale, shift and perspective about the image centre."""
+    angle = per_image(batch_size, -0.1, 0.1, 0.7)                        # radians, about 6 degrees either way
+    shear = per_image(batch_size, -0.3, 0.3, 0.5)
+    scale_x = per_image(batch_size, 0.8, 1.05, 0.6, neutral=1.0)
+    scale_y = per_image(batch_size, 0.8, 1.05, 0.6, neutral=1.0)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    shift_x = centre_x + per_image(batch_size, -0.03, 0.03, 0.5) * width
+    shift_y = centre_y + per_image(batch_size, -0.06, 0.06, 0.5) * height
+    tilt_x = per_image(batch_size, -0.3, 0.3, 0.3) / width               # perspective: up to 30% across the image
+    tilt_y = per_image(batch_size, -0.3, 0.3, 0.3) / height
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # centred coordinates (u, v) -> input: (m00 u + m01 v, m10 u + m11 v) / (1 + tilt_x u + tilt_y v) + shift
+    m00, m01 = cos / scale_x, (cos * shear - sin) / scale_y
+    m10, m11 = sin / scale_x, (sin * shear + cos) / scale_y
+    norm = 1 - tilt_x * centre_x - tilt_y * centre_y                       # the same map in uncentred pixels
+    return tf.stack([(m00 + shift_x * tilt_x) / norm, (m01 + shift_x * tilt_y) / norm,
+                     (shift_x * norm - m00 * centre_x - m01 * centre_y) / norm,
+                     (m10 + shift_y * tilt_x) / norm, (m11 + shift_y * tilt_y) / norm,
+                     (shift_y * norm - m10 * centre_x - m11 * centre_y) / norm,
+                     tilt_x / norm, tilt_y / norm], axis=1)                # [b, 8]
+
+
+def choose(condition, changed, unchanged):
+    """Per image [b] of a batch of images [b, h, w, c]: changed where condition, else unchanged."""
+    return tf.where(condition[:, None, None, None], changed, unchanged)
+
+
+def augment_images(images):
+    """uint8 images [b, h, w, c] -> uint8 [b, h, w, c], each randomly changed as text images of other sources
+    differ: thicker or thinner strokes, a projective warp (rotation, shear, scale, shift, perspective; edges
+    extended), blur, contrast, brightness and colour, pixel noise."""
+    batch_size, height, width, channels = tf.shape(images)[0], images.shape[1], images.shape[2], images.shape[3]
+    pixels = tf.cast(images, tf.float32) / 255                                          # [b, h, w, c]
+    stroke = tf.random.uniform([batch_size])
+    darker = -tf.nn.max_pool2d(-pixels, 2, 1, 'SAME')                                   # dark strokes thicker
+    lighter = tf.nn.max_pool2d(pixels, 2, 1, 'SAME')                                    # light strokes thicker
+    pixels = choose(stroke < 0.2, darker, choose(stroke > 0.8, lighter, pixels))
+    pixels = tf.raw_ops.ImageProjectiveTransformV3(
+        images=pixels, transforms=warp_transforms(batch_size, height, width), output_shape=[height, width],
+        fill_value=0.0, interpolation='BILINEAR', fill_mode='NEAREST')
+    kernel = (tf.constant([1, 2, 1], tf.float32)[:, None] * [1, 2, 1] / 16)[..., None, None]          # [3, 3, 1, 1]
+    blurred = tf.nn.depthwise_conv2d(pixels, tf.tile(kernel, [1, 1, channels, 1]), [1, 1, 1, 1], 'SAME')
+    blur = per_image(batch_size, 0.3, 1.0, 0.3)[:, None, None, None]
+    pixels += blur * (blurred - pixels)
+    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+    contrast = per_image(batch_size, 0.4, 1.2, 0.5, neutral=1.0)[:, None, None, None]
+    brightness = per_image(batch_size, -0.15, 0.15, 0.5)[:, None, None, None]
+    gain = tf.where(tf.random.uniform([batch_size, 1, 1, 1]) < 0.5,
+                    tf.random.uniform([batch_size, 1, 1, channels], 0.8, 1.2), 1.0)       # colour (grey: level)
+    pixels = (mean + (pixels - mean) * contrast + brightness) * gain
+    noise = per_image(batch_size, 0.01, 0.06, 0.3)[:, None, None, None]
+    pixels += noise * tf.random.normal(tf.shape(pixels))
+    augmented = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 1) * 255), tf.uint8)
+    return choose(tf.random.uniform([batch_size]) < AUGMENTED_SHARE, augmented, images)
 
 
 # --- metrics -----------------------------------------------------------------

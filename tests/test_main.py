@@ -279,3 +279,36 @@ def test_export_needs_a_folder_and_keeps_an_exported_model(trained):
     assert run_cli(*export, '--overwrite').returncode == 0
     result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'checkpoint'), *folders(tmp_path))
     assert result.returncode == 2 and 'holds the model being exported' in result.stderr
+
+
+def test_init_from_an_export_starts_a_new_training_from_its_weights(trained):
+    tmp_path, _ = trained
+    assert run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'export'), *folders(tmp_path)).returncode == 0
+    write_text_images(str(tmp_path / 'train'), ['', ''], names=['100_.png', '101_.png'])  # no text: empty label
+    result = run_cli('--mode=train', '--init_from=%s' % (tmp_path / 'export'), '--batch_size=16', '--max_steps=2',
+                     '--validation_steps=2', '--initial_learning_rate=1e-9', '--augment',
+                     *folders(tmp_path)[:2], '--checkpoint_dir=%s' % (tmp_path / 'tuned'),
+                     '--log_dir=%s' % (tmp_path / 'log2'))
+    assert result.returncode == 0, result.stderr
+    assert 'initialised the model from' in result.stdout and 'step 1 epoch' in result.stdout
+    tuned = tf.train.latest_checkpoint(str(tmp_path / 'tuned'))
+    exported = tf.train.latest_checkpoint(str(tmp_path / 'export'))
+    assert tf.train.load_variable(tuned, 'global_step') == 2
+    for name in (name for name in variables(tmp_path / 'export') if 'moving_' not in name):  # weights, not statistics
+        assert abs(tf.train.load_variable(tuned, name) - tf.train.load_variable(exported, name)).max() < 1e-3, name
+    assert json.loads((tmp_path / 'tuned' / 'architecture.json').read_text()) == \
+        json.loads((tmp_path / 'export' / 'architecture.json').read_text())
+
+
+def test_init_from_another_architecture_or_restore_from_an_export_is_refused(trained):
+    tmp_path, _ = trained
+    assert run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'export'), *folders(tmp_path)).returncode == 0
+    start = ['--mode=train', '--max_steps=1', *folders(tmp_path)[:2], '--log_dir=%s' % (tmp_path / 'log2')]
+    result = run_cli(*start, '--init_from=%s' % (tmp_path / 'export'), '--num_hidden=16',
+                     '--checkpoint_dir=%s' % (tmp_path / 'new'))
+    assert result.returncode == 2 and 'num_hidden' in result.stderr and 'Traceback' not in result.stderr
+    result = run_cli(*start, '--restore', '--checkpoint_dir=%s' % (tmp_path / 'export'))
+    assert result.returncode == 2 and 'use --init_from' not in result.stderr
+    assert '--init_from=%s' % (tmp_path / 'export') in result.stderr and 'Traceback' not in result.stderr
+    result = run_cli(*start, '--init_from=%s' % (tmp_path / 'nowhere'), '--checkpoint_dir=%s' % (tmp_path / 'new'))
+    assert result.returncode == 2 and 'nowhere: no such folder' in result.stderr

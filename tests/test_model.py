@@ -68,6 +68,21 @@ def test_dense_to_sparse_skips_padding_but_keeps_class_zero():
     assert sparse.dense_shape.tolist() == [3, 3]
 
 
+def test_an_empty_label_costs_the_blank_at_every_step_and_gives_no_error():
+    with tf.Graph().as_default(), v1.Session() as session:
+        model = ocr.LSTMOCR('val', SMALL)
+        logits = tf.constant(np.random.default_rng(0).normal(size=(12, 3, 11)), tf.float32)   # [steps, b, classes]
+        losses = model.losses(logits, tf.constant([[1, 2, -1], [-1, -1, -1], [4, -1, -1]]))
+        single = model.losses(logits[:, 2:], tf.constant([[4]]))
+        blank_only = -tf.reduce_sum(tf.nn.log_softmax(logits)[:, 1, -1])
+        gradient = tf.gradients(tf.reduce_sum(losses), logits)[0]
+        losses, single, blank_only, gradient = session.run([losses, single, blank_only, gradient])
+    assert np.isclose(losses[1], blank_only) and np.isclose(losses[2], single[0])
+    assert np.isfinite(gradient).all()
+    # the empty label's gradient pushes every step towards the blank (the last class) only
+    assert (gradient[:, 1, -1] < 0).all() and (gradient[:, 1, :-1] > 0).all()
+
+
 def test_batch_norm_updates_moving_statistics_only_in_training():
     with tf.Graph().as_default():
         images, label_ids, _, loss, _ = build(SMALL, 'train')

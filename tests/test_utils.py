@@ -1,5 +1,6 @@
 """utils.py: label parsing, charset, sparse labels, metrics, folder checks and the image pipeline."""
 import os
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import utils
-from conftest import write_text_images
+from conftest import random_labels, write_text_images
 
 CHARSET = utils.Charset('0123456789+-*()')
 
@@ -159,6 +160,28 @@ def test_pipeline_drops_or_keeps_unreadable_images(tmp_path, caplog):
     assert kept[0]['ok'].tolist() == [True, False, True]
     assert [label.decode() for label in dropped[0]['labels']] == ['1', '3']
     assert paths[1] in caplog.text
+
+
+def test_augmentation_changes_images_but_keeps_shape_type_and_labels(tmp_path):
+    labels = random_labels(32, seed=4)
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        plain = run_dataset(utils.image_dataset(paths, labels, CHARSET, 32, (32, 96, 1)))[0]
+        augmented = run_dataset(utils.image_dataset(paths, labels, CHARSET, 32, (32, 96, 1), augment=True))[0]
+    assert augmented['images'].shape == plain['images'].shape and augmented['images'].dtype == np.uint8
+    assert augmented['labels'].tolist() == plain['labels'].tolist()
+    changed = np.abs(augmented['images'].astype(int) - plain['images']).mean(axis=(1, 2, 3)) > 1
+    assert 20 <= changed.sum() < 32  # most images change, some are left as they are
+    dark = augmented['images'] < 128  # the text is still there: dark ink on white, less than half the image
+    assert (dark.mean(axis=(1, 2, 3)) > 0.01).all() and (dark.mean(axis=(1, 2, 3)) < 0.5).all()
+
+
+def test_warp_without_changes_is_the_identity():
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        with mock.patch.object(utils, 'per_image', lambda size, low, high, share, neutral=0.0:
+                               tf.fill([size], neutral)):
+            transforms = session.run(utils.warp_transforms(2, 32, 96))
+    assert np.allclose(transforms, [[1, 0, 0, 0, 1, 0, 0, 0]] * 2, atol=1e-5)
 
 
 def test_pipeline_reshuffles_every_epoch(tmp_path):
