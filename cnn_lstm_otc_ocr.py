@@ -16,22 +16,25 @@ Architecture = collections.namedtuple('Architecture', [
     'image_height', 'image_width', 'image_channel', 'charset', 'cnn_count', 'out_channels', 'num_hidden',
     'leakiness', 'max_stepsize', 'rnn_cell', 'rnn_layers', 'bidirectional', 'rhn_depth'])
 
-# One row per conv unit: conv 3x3 (filters) -> batch norm -> leaky ReLU -> max-pool 2x2 SAME.
-# The last unit has `out_channels` filters; a deeper net repeats the last row of the table.
-CONV_UNIT_FILTERS = (64, 128, 128)
+# The conv net, one row per unit: conv 3x3 of `filters` -> batch norm -> leaky ReLU -> max-pool SAME, 2x2, or 2x1
+# (the height only) once halving the width again would leave fewer than max_stepsize time steps. A model uses the
+# first cnn_count units, the last of them with out_channels filters; a deeper one repeats the last row.
+CONV_UNITS = (
+    # name    filters    output at the defaults: 60x180 grey, cnn_count 4, out_channels 64, max_stepsize 0
+    ('unit_1', 64),      # [b, 30, 90, 64]
+    ('unit_2', 128),     # [b, 15, 45, 128]
+    ('unit_3', 128),     # [b, 8, 23, 128]
+    ('unit_4', 128),     # [b, 4, 12, 64]: out_channels, the last unit
+)
 
 
 # --- shapes ------------------------------------------------------------------
 
 def conv_units(arch):
-    """The conv table for an architecture: a (name, filters, pool height, pool width) row per unit.
-
-    Width pooling halves the width only while the result stays at or above `max_stepsize` (0: always).
-    """
+    """The conv table of an architecture: a (name, filters, pool height, pool width) row per unit."""
     units, width = [], arch.image_width
     for index in range(arch.cnn_count):
-        last = index == arch.cnn_count - 1
-        filters = arch.out_channels if last else CONV_UNIT_FILTERS[min(index, len(CONV_UNIT_FILTERS) - 1)]
+        filters = CONV_UNITS[min(index, len(CONV_UNITS) - 1)][1] if index < arch.cnn_count - 1 else arch.out_channels
         halve_width = math.ceil(width / 2) >= arch.max_stepsize
         width = math.ceil(width / 2) if halve_width else width
         units.append(('unit_%d' % (index + 1), filters, 2, 2 if halve_width else 1))
@@ -65,7 +68,7 @@ def conv_unit(inputs, name, filters, pool, leakiness, training):
         kernel = v1.get_variable('kernel', [3, 3, inputs.shape[-1], filters],
                                  initializer=v1.initializers.he_normal())
         if training:
-            outputs = batch_norm(tf.nn.conv2d(inputs, kernel, strides=1, padding='SAME'), training)  # [b, h, w, f]
+            outputs = batch_norm(tf.nn.conv2d(inputs, kernel, strides=1, padding='SAME'))  # [b, h, w, f]
         else:
             scale, shift = frozen_batch_norm(filters)
             outputs = tf.nn.bias_add(tf.nn.conv2d(inputs, kernel * scale, strides=1, padding='SAME'), shift)
@@ -91,11 +94,8 @@ def frozen_batch_norm(channels, epsilon=1e-5):
     return scale, beta - moving_mean * scale
 
 
-def batch_norm(inputs, training, decay=0.99, epsilon=1e-5):
-    """Batch norm over [b, h, w, c]: batch statistics (moving averages updated) in training, moving ones after."""
-    if not training:
-        scale, shift = frozen_batch_norm(inputs.shape[-1], epsilon)
-        return inputs * scale + shift
+def batch_norm(inputs, decay=0.99, epsilon=1e-5):
+    """Training's batch norm over [b, h, w, c]: batch statistics, the moving averages updated (UPDATE_OPS)."""
     scale, offset, moving_mean, moving_variance = batch_norm_variables(inputs.shape[-1])
     outputs, mean, variance = v1.nn.fused_batch_norm(
         inputs, scale, offset, moving_mean, moving_variance, epsilon=epsilon, is_training=True,
@@ -383,7 +383,6 @@ class LSTMOCR:
     def __init__(self, mode, arch, keep_prob=1.0):
         if mode not in ('train', 'val', 'infer'):
             raise ValueError('mode must be train, val or infer, not %r' % mode)
-        self.mode = mode
         self.arch = arch
         self.training = mode == 'train'
         self.keep_prob = keep_prob if self.training else 1.0
@@ -551,3 +550,73 @@ def apply_gradients(gradients, opt, global_step, update_ops):
     moving statistics) have run."""
     with tf.control_dependencies(update_ops):
         return opt.apply_gradients(gradients, global_step=global_step)
+
+
+# --- graphs ------------------------------------------------------------------
+# What main.py builds, from plain arguments: a reading graph (val, infer, export) and a training graph of one or
+# more towers. Both keep their variables in the scope 'ocr', so that one can restore the other's checkpoint.
+
+Hyperparameters = collections.namedtuple('Hyperparameters', [
+    'optimizer', 'initial_learning_rate', 'lr_schedule', 'decay_steps', 'decay_rate', 'lr_boundaries',
+    'warmup_steps', 'beta1', 'beta2', 'momentum', 'keep_prob', 'clip_norm', 'loss_scaling'])
+
+
+def reading_graph(arch, images, decoder='beam', beam_width=10, mode='infer'):
+    """uint8 images [b, h, w, c] -> class ids of each image's reading [b, max_len], padded with -1."""
+    with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
+        model = LSTMOCR(mode, arch)
+        return model.decode(model.logits(images), decoder, beam_width)
+
+
+def batches_for_towers(dataset, num_towers):
+    """Training batches every tower gets images of: a batch of fewer images than towers, which only the very last
+    batch of a finite dataset can be, is dropped (at most num_towers - 1 images)."""
+    return dataset.filter(lambda batch: tf.shape(batch['images'])[0] >= num_towers)
+
+
+def towers(arch, batch, opt, keep_prob, devices, variable_device):
+    """One model per device on its shard of the batch, sharing the variables of the current scope (on
+    variable_device): each tower's per-image losses and gradients, and the batch-norm updates of the first tower."""
+    tower_losses, gradients = [], []
+    for index, (device, shard) in enumerate(zip(devices, split_batch(batch, len(devices)))):
+        updates_before = len(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
+        with v1.device(tower_placement(device, variable_device)), \
+                v1.variable_scope(v1.get_variable_scope(), reuse=index > 0, auxiliary_name_scope=False), \
+                v1.name_scope('tower_%d' % index):
+            model = LSTMOCR('train', arch, keep_prob)
+            tower_losses.append(model.losses(model.logits(shard['images']), shard['label_ids']))     # [shard]
+            gradients.append(tower_gradients(opt, tower_losses[-1], tf.shape(batch['images'])[0]))
+        if index == 0:
+            first_tower_updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)[updates_before:]
+    return tower_losses, gradients, first_tower_updates
+
+
+def clip_gradients(gradients, clip_norm):
+    """(gradient, variable) pairs scaled down together so that their global norm is at most clip_norm (0: as they
+    are), and the global norm before clipping."""
+    norm = tf.linalg.global_norm([gradient for gradient, _ in gradients])
+    if not clip_norm:
+        return gradients, norm
+    clipped, _ = tf.clip_by_global_norm([gradient for gradient, _ in gradients], clip_norm, use_norm=norm)
+    return list(zip(clipped, [variable for _, variable in gradients])), norm
+
+
+def training_graph(arch, batch, hparams, global_step, devices):
+    """The training step on a batch {images, label_ids, ...}, one tower per device: per-image losses [b] in batch
+    order, their mean, the learning rate, the gradients' global norm and the step op's new global step. Several
+    towers keep the variables on the CPU and add up their gradients there; the batch-norm moving statistics
+    follow the first tower's shard."""
+    variable_device = '/cpu:0' if len(devices) > 1 else devices[0]
+    with tf.device(variable_device), v1.variable_scope('ocr'):
+        rate = learning_rate(global_step, hparams.lr_schedule, hparams.initial_learning_rate, hparams.decay_steps,
+                             hparams.decay_rate, hparams.lr_boundaries, hparams.warmup_steps)
+        opt = optimizer(hparams.optimizer, rate, hparams.beta1, hparams.beta2, hparams.momentum,
+                        hparams.loss_scaling)
+        tower_losses, gradients, updates = towers(arch, batch, opt, hparams.keep_prob, devices, variable_device)
+        gradients, norm = clip_gradients(add_tower_gradients(gradients), hparams.clip_norm)
+        step_op = apply_gradients(gradients, opt, global_step, updates)
+        losses = tf.concat(tower_losses, 0)                                                            # [b]
+    with tf.control_dependencies([step_op]):
+        next_step = global_step.read_value()
+    return {'losses': losses, 'loss': tf.reduce_mean(losses), 'rate': rate, 'gradient_norm': norm,
+            'step': next_step}

@@ -18,11 +18,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils import (FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, log, natural_key, run_app,
-                   setup_logging)
+from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, id_label_name,
+                   image_id, log, natural_key, run_app, setup_logging, shorten)
 
-SHOWN = 5  # problems named in an error message before '...'
-MAX_NAME_BYTES = 255  # longest file name of common file systems
 
 
 # --- file names --------------------------------------------------------------
@@ -33,24 +31,6 @@ def check_label(label, where):
     if bad:
         raise UserError('%s: label %r has %s, which cannot be in a file name' % (
             where, label, ' '.join(repr(c) for c in bad)))
-
-
-def id_label_name(image_id, label, extension):
-    """`12`, `(3-7)*5`, `.png` -> `12_(3-7)*5.png`, the name utils.label_from_filename reads back."""
-    name = '%s_%s%s' % (image_id, label, extension)
-    if len(name.encode('utf-8')) > MAX_NAME_BYTES:
-        raise UserError('file name %r is longer than %d bytes' % (name, MAX_NAME_BYTES))
-    return name
-
-
-def image_id(name):
-    """`12_(3-7)*5.png` and `12.png` -> `12`: a file name up to its first `_` or its extension."""
-    return os.path.splitext(name)[0].split('_', 1)[0]
-
-
-def shown(items):
-    """The first few items of a list for an error message."""
-    return ', '.join(items[:SHOWN]) + (', ...' if len(items) > SHOWN else '')
 
 
 def make_room(ids, directories, overwrite, replaced=frozenset()):
@@ -71,7 +51,7 @@ def make_room(ids, directories, overwrite, replaced=frozenset()):
                 others += 1
     if clashes and not overwrite:
         raise UserError('%d images with the ids to write already exist: %s (--overwrite replaces them)' % (
-            len(clashes), shown(clashes)))
+            len(clashes), ', '.join(shorten(clashes, 5))))
     stale = [path for path in clashes if path not in replaced]
     for path in stale:
         os.remove(path)
@@ -141,7 +121,8 @@ def find_images(entries, images_dir, labels_file):
     keys = [name if named else str(k) for k, (name, label) in enumerate(entries)]
     repeated = sorted(key for key, count in collections.Counter(keys).items() if count > 1)
     if repeated:
-        raise UserError('--labels_file=%s labels %s more than once' % (labels_file, shown(repeated)))
+        raise UserError('--labels_file=%s labels %s more than once' % (
+            labels_file, ', '.join(shorten(repeated, 5))))
     labelled = set(keys)
     unlabelled = [name for key, name in images.items() if key not in labelled]
     missing = ['line %d (%s)' % (k + 1, key if named else key + '.*') for k, key in enumerate(keys)
@@ -149,8 +130,8 @@ def find_images(entries, images_dir, labels_file):
     if unlabelled or missing:
         raise UserError('--labels_file=%s has %d labels and --images_dir=%s %d images, not one each: '
                         'labels without images: %s; images without labels: %s' % (
-                            labels_file, len(keys), images_dir, len(images), shown(missing) or 'none',
-                            shown(unlabelled) or 'none'))
+                            labels_file, len(keys), images_dir, len(images), ', '.join(shorten(missing, 5)) or 'none',
+                            ', '.join(shorten(unlabelled, 5)) or 'none'))
     return [os.path.join(images_dir, images[key]) for key in keys]
 
 
@@ -195,7 +176,6 @@ def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwr
 # --- synth: labels -----------------------------------------------------------
 
 OPERATORS = '+-*'
-CONTEST_CHARACTERS = '0123456789()' + OPERATORS
 
 # What an image looks like, besides its id.
 SynthSpec = collections.namedtuple('SynthSpec',
@@ -472,8 +452,8 @@ CONTEST_FONT_SIZES = (42, 50, 56)  # ImageCaptcha's sizes at height 60
 CONTEST_ROTATION = 30  # degrees either way, ImageCaptcha's range
 FREE_ROTATION = 45  # degrees either way, in FREE_ROTATION_SHARE of the images: shapes, not orientations
 FREE_ROTATION_SHARE = 0.4
-MASK_GAIN = 1.97
-CAPTCHA_FONT = os.path.join(os.path.dirname(captcha.__file__), 'data', 'DroidSansMono.ttf')  # ImageCaptcha's own  # ImageCaptcha pastes a character through its own brightness times this
+MASK_GAIN = 1.97  # ImageCaptcha pastes a character through its own brightness times this
+CAPTCHA_FONT = os.path.join(os.path.dirname(captcha.__file__), 'data', 'DroidSansMono.ttf')  # ImageCaptcha's own
 
 
 def contest_glyph(char, font, size, rotation, rng):
@@ -648,11 +628,17 @@ def run(argv):
         rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,
                FLAGS.overwrite)
     elif mode == 'synth':
-        characters = CONTEST_CHARACTERS if FLAGS.text == 'expression' else FLAGS.charset
-        fonts = usable_fonts(FLAGS.font_files + [CAPTCHA_FONT], characters)
+        characters = CONTEST_CHARSET if FLAGS.text == 'expression' else FLAGS.charset
+        patterns = FLAGS.font_files + ([] if FLAGS['font_files'].present else [CAPTCHA_FONT])
+        fonts = usable_fonts(patterns, characters)
+        if not fonts:
+            log.warning('warning: no font of --font_files draws all of %r: drawing with the captcha package\'s '
+                        'DroidSansMono%s only', characters,
+                        '' if FLAGS.renderer == 'contest' else ' and the Hershey fonts')
+            fonts = (CAPTCHA_FONT,)
         spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
                          FLAGS.image_width, fonts, FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
-        log.info('drawing with %d TrueType fonts (--font_files and the captcha package\'s)%s', len(fonts),
+        log.info('drawing with %d TrueType or OpenType fonts%s', len(fonts),
                  '' if FLAGS.renderer == 'contest' else ' and the 8 Hershey fonts')
         labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
         synth(spec, FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)

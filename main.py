@@ -4,6 +4,7 @@ train: reads train_dir, validates on val_dir, saves checkpoints and the model ar
 val: restores the model from checkpoint_dir and measures it on val_dir.
 infer: restores it and writes the reading of every image of infer_dir to infer_output.
 """
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ start-up chatter
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.protobuf import rewriter_config_pb2  # noqa: E402
@@ -234,12 +236,11 @@ def session_config():
 # --- reading -------------------------------------------------------------------
 
 def build_reader(arch, dataset, mode):
-    """A model in mode 'val' or 'infer' that reads a dataset: its iterator and the tensors to fetch."""
+    """A reading graph (mode 'val' or 'infer') over a dataset: its iterator's initializer and the tensors to fetch."""
     iterator = v1.data.make_initializable_iterator(dataset)
     batch = iterator.get_next()
-    with tf.device(model_device()), v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
-        model = ocr.LSTMOCR(mode, arch)
-        decoded = model.decode(model.logits(batch['images']), FLAGS.decoder, FLAGS.beam_width)
+    with tf.device(model_device()):
+        decoded = ocr.reading_graph(arch, batch['images'], FLAGS.decoder, FLAGS.beam_width, mode)
     return iterator.initializer, {'decoded': decoded, 'labels': batch['labels'], 'paths': batch['paths'],
                                   'ok': batch['ok']}
 
@@ -284,49 +285,15 @@ def labelled_set(directory, flag_name, arch, charset, batch_size, **options):
     return utils.image_dataset(paths, labels, charset, batch_size, shape, **options), len(paths)
 
 
-# --- modes ---------------------------------------------------------------------
+# --- training ------------------------------------------------------------------
 
-def batches_for_towers(dataset, num_towers):
-    """Training batches every tower gets images of: a batch of fewer images than towers, which only the very last
-    batch of --num_epochs can be, is dropped (at most num_towers - 1 images of the last epoch go untrained)."""
-    return dataset.filter(lambda batch: tf.shape(batch['images'])[0] >= num_towers)
-
-
-def build_towers(arch, batch, opt, devices, variable_device):
-    """One model per device on its shard of the batch, sharing the variables of scope 'ocr' (on variable_device):
-    each tower's per-image losses and gradients, and the batch-norm updates of the first tower."""
-    tower_losses, tower_gradients = [], []
-    for index, (device, shard) in enumerate(zip(devices, ocr.split_batch(batch, len(devices)))):
-        updates_before = len(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
-        with v1.device(ocr.tower_placement(device, variable_device)), \
-                v1.variable_scope(v1.get_variable_scope(), reuse=index > 0, auxiliary_name_scope=False), \
-                v1.name_scope('tower_%d' % index):
-            model = ocr.LSTMOCR('train', arch, FLAGS.output_keep_prob)
-            tower_losses.append(model.losses(model.logits(shard['images']), shard['label_ids']))   # [shard]
-            tower_gradients.append(ocr.tower_gradients(opt, tower_losses[-1], tf.shape(batch['images'])[0]))
-        if index == 0:
-            first_tower_updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)[updates_before:]
-    return tower_losses, tower_gradients, first_tower_updates
-
-
-def build_training(arch, batch, global_step, devices=None):
-    """The training graph on a batch, one tower per device (default: training_towers()): per-image losses [b] in
-    batch order, their mean, the learning rate and the step op. Several towers keep the variables on the CPU and
-    add up their gradients there; the batch-norm moving statistics follow the first tower's shard."""
-    devices = devices or training_towers()
-    variable_device = '/cpu:0' if len(devices) > 1 else devices[0]
-    with tf.device(variable_device), v1.variable_scope('ocr'):
-        rate = ocr.learning_rate(global_step, FLAGS.lr_schedule, FLAGS.initial_learning_rate, FLAGS.decay_steps,
-                                 FLAGS.decay_rate, [int(b) for b in FLAGS.lr_boundaries], FLAGS.warmup_steps)
-        opt = ocr.optimizer(FLAGS.optimizer, rate, FLAGS.beta1, FLAGS.beta2, FLAGS.momentum,
-                            loss_scaling=FLAGS.precision == 'fp16')
-        tower_losses, tower_gradients, updates = build_towers(arch, batch, opt, devices, variable_device)
-        step_op = ocr.apply_gradients(ocr.add_tower_gradients(tower_gradients), opt, global_step, updates)
-        losses = tf.concat(tower_losses, 0)                                                         # [b]
-        loss = tf.reduce_mean(losses)
-    with tf.control_dependencies([step_op]):
-        next_step = global_step.read_value()
-    return {'losses': losses, 'loss': loss, 'rate': rate, 'step': next_step, 'paths': batch['paths']}
+def hyperparameters():
+    return ocr.Hyperparameters(
+        optimizer=FLAGS.optimizer, initial_learning_rate=FLAGS.initial_learning_rate, lr_schedule=FLAGS.lr_schedule,
+        decay_steps=FLAGS.decay_steps, decay_rate=FLAGS.decay_rate,
+        lr_boundaries=[int(b) for b in FLAGS.lr_boundaries], warmup_steps=FLAGS.warmup_steps, beta1=FLAGS.beta1,
+        beta2=FLAGS.beta2, momentum=FLAGS.momentum, keep_prob=FLAGS.output_keep_prob, clip_norm=FLAGS.clip_norm,
+        loss_scaling=FLAGS.precision == 'fp16')
 
 
 def stop_on_ctrl_c():
@@ -350,10 +317,9 @@ def check_finite(step, fetched):
     bad = [os.path.basename(path.decode()) for path, loss in zip(fetched['paths'], fetched['losses'])
            if not np.isfinite(loss)]
     raise UserError('step %d: the loss is %s; images of the batch without a finite CTC loss (no valid path, or '
-                    'diverged weights): %s%s. Stopped without saving; --restore continues from the last '
+                    'diverged weights): %s. Stopped without saving; --restore continues from the last '
                     'checkpoint, perhaps with a lower --initial_learning_rate' % (
-                        step, fetched['loss'], ', '.join(bad[:10]), ' and %d more' % (len(bad) - 10)
-                        if len(bad) > 10 else ''))
+                        step, fetched['loss'], ', '.join(utils.shorten(bad))))
 
 
 def init_model(directory):
@@ -380,7 +346,7 @@ def initialise_from(session, checkpoint):
                  for v in wanted if v.op.name in saved and v.shape.as_list() != list(saved[v.op.name])]
     if problems:
         raise UserError('--init_from: %s does not fit this model (%d differences):\n  %s' % (
-            checkpoint, len(problems), '\n  '.join(problems[:10] + (['...'] if len(problems) > 10 else []))))
+            checkpoint, len(problems), '\n  '.join(utils.shorten(problems))))
     v1.train.Saver({v.op.name: v for v in wanted}).restore(session, checkpoint)
     log.info('initialised the model from %s (step 0, fresh optimiser)', checkpoint)
 
@@ -407,66 +373,113 @@ def training_start():
     return resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory), None, checkpoint
 
 
+class Keeper:
+    """A training's checkpoints in its folder: the rolling ones (the last 5) and the best validated model in best/
+    with best.json (its step, accuracy and CER), never deleted."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.rolling = v1.train.Saver(max_to_keep=5, save_relative_paths=True)
+        self.best_saver = v1.train.Saver(max_to_keep=1, save_relative_paths=True)
+        self.best = {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
+
+    def resume(self, session, checkpoint):
+        """Restores a checkpoint of the folder and takes over its lists of checkpoints and its best record."""
+        self.rolling.restore(session, checkpoint)
+        self.rolling.recover_last_checkpoints(
+            tf.train.get_checkpoint_state(self.directory).all_model_checkpoint_paths)
+        best_path, best = best_checkpoint(self.directory)
+        if best_path:
+            self.best_saver.recover_last_checkpoints([best_path])
+            self.best = best
+
+    def save(self, session, step):
+        self.rolling.save(session, os.path.join(self.directory, CHECKPOINT_PREFIX), global_step=step)
+        log.info('step %d: saved checkpoint to %s', step, self.directory)
+
+    def offer(self, session, step, accuracy, cer):
+        """Keeps the model as the best when it validates better than the best so far."""
+        if (accuracy, -cer) > (self.best['accuracy'], -self.best['cer']):
+            self.best = {'step': int(step), 'accuracy': accuracy, 'cer': cer}
+            self.best_saver.save(session, os.path.join(best_dir(self.directory), CHECKPOINT_PREFIX), global_step=step)
+            with open(os.path.join(best_dir(self.directory), BEST_FILE), 'w') as file:
+                json.dump(self.best, file, indent=2)
+        log.info('step %d: best so far accuracy %.4f, CER %.4f at step %d', step, self.best['accuracy'],
+                 self.best['cer'], self.best['step'])
+
+
+def validate(session, validator, charset, writer, keeper, step):
+    """Reads val_dir, logs and summarises accuracy, CER and a few readings, and keeps the best model."""
+    results = read_all(session, validator, charset)
+    accuracy, cer = report_validation(results, step)
+    writer.add_summary(v1.Summary(value=[v1.Summary.Value(tag='val/accuracy', simple_value=accuracy),
+                                         v1.Summary.Value(tag='val/cer', simple_value=cer),
+                                         v1.Summary.Value(tag='val/readings', image=readings_image(results))]),
+                       step)
+    keeper.offer(session, step, accuracy, cer)
+
+
+def readings_image(results, count=SAMPLES_SHOWN):
+    """A TensorBoard image of the first validation images, each above its label and reading, wrong ones first."""
+    order = sorted(range(len(results['labels'])), key=lambda i: results['predictions'][i] == results['labels'][i])
+    rows = []
+    for i in order[:count]:
+        image = cv2.imread(results['paths'][i], cv2.IMREAD_COLOR)
+        image = cv2.resize(image if image is not None else np.zeros((60, 180, 3), np.uint8), (240, 80))
+        caption = np.full((24, 240, 3), 255, np.uint8)
+        cv2.putText(caption, 'label %s read %s' % (results['labels'][i], results['predictions'][i]), (4, 17),
+                    cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0) if results['predictions'][i] == results['labels'][i]
+                    else (0, 0, 200), 1, cv2.LINE_AA)
+        rows += [image, caption]
+    grid = np.vstack(rows)
+    return v1.Summary.Image(height=grid.shape[0], width=grid.shape[1], colorspace=3,
+                            encoded_image_string=cv2.imencode('.png', grid)[1].tobytes())
+
+
+def log_step(step, fetched, images_per_second, train_count):
+    log.info('step %d epoch %.2f loss %.4f lr %.6f gradient norm %.2f %.1f images/s', step,
+             step * FLAGS.batch_size / train_count, fetched['loss'], fetched['rate'], fetched['gradient_norm'],
+             images_per_second)
+
+
 def train():
-    directory = FLAGS.checkpoint_dir
+    # settings
     arch, init_checkpoint, checkpoint = training_start()
     check_schedule()
     devices = training_towers()
     charset = utils.Charset(arch.charset)
+    # data
     train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
                                            shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs,
                                            augment=FLAGS.augment)
     val_data, val_count = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
     log.info('training on %d images of %s, validating on %d of %s; %d time steps, %d classes',
              train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
-
+    # graph
     v1.set_random_seed(FLAGS.seed)
     global_step = v1.train.get_or_create_global_step()
-    batch = v1.data.make_one_shot_iterator(batches_for_towers(train_data, len(devices))).get_next()
-    training = build_training(arch, batch, global_step, devices)
+    batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
+    training = dict(ocr.training_graph(arch, batch, hyperparameters(), global_step, devices), paths=batch['paths'])
     validator = build_reader(arch, val_data, 'val')
-    summaries = v1.summary.merge([v1.summary.scalar('loss', training['loss']),
-                                  v1.summary.scalar('learning_rate', training['rate'])])
-    rolling_saver = v1.train.Saver(max_to_keep=5, save_relative_paths=True)
-    best_saver = v1.train.Saver(max_to_keep=1, save_relative_paths=True)
-    writer = v1.summary.FileWriter(FLAGS.log_dir, v1.get_default_graph())
-
-    with v1.Session(config=session_config()) as session:
+    summaries = v1.summary.merge([v1.summary.scalar(name, training[name])
+                                  for name in ('loss', 'rate', 'gradient_norm')])
+    keeper = Keeper(FLAGS.checkpoint_dir)
+    # session and restore
+    with v1.Session(config=session_config()) as session, \
+            contextlib.closing(v1.summary.FileWriter(FLAGS.log_dir, session.graph)) as writer:
         session.run(v1.global_variables_initializer())
         if init_checkpoint:
             initialise_from(session, init_checkpoint)
-        best_path, best = best_checkpoint(directory)
-        best = best or {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
-        if FLAGS.restore:
-            rolling_saver.restore(session, checkpoint)
-            rolling_saver.recover_last_checkpoints(
-                tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths)
-            best_saver.recover_last_checkpoints([best_path] if best_path else [])
+        if checkpoint:
+            keeper.resume(session, checkpoint)
             log.info('restored %s at step %d', checkpoint, session.run(global_step))
-        save_architecture(arch, directory)
-
-        def validate(step):
-            accuracy, cer = report_validation(read_all(session, validator, charset), step)
-            writer.add_summary(v1.Summary(value=[v1.Summary.Value(tag='val/accuracy', simple_value=accuracy),
-                                                 v1.Summary.Value(tag='val/cer', simple_value=cer)]), step)
-            if (accuracy, -cer) > (best['accuracy'], -best['cer']):
-                best.update(step=int(step), accuracy=accuracy, cer=cer)
-                best_saver.save(session, os.path.join(best_dir(directory), CHECKPOINT_PREFIX), global_step=step)
-                with open(os.path.join(best_dir(directory), BEST_FILE), 'w') as file:
-                    json.dump(best, file, indent=2)
-            log.info('step %d: best so far accuracy %.4f, CER %.4f at step %d', step, best['accuracy'],
-                     best['cer'], best['step'])
-
-        def save(step):
-            rolling_saver.save(session, os.path.join(directory, CHECKPOINT_PREFIX), global_step=step)
-            log.info('step %d: saved checkpoint to %s', step, FLAGS.checkpoint_dir)
-
-        step = session.run(global_step)
-        saved_step = validated_step = step
+        save_architecture(arch, FLAGS.checkpoint_dir)
+        step = saved_step = validated_step = session.run(global_step)
         if FLAGS.max_steps and step >= FLAGS.max_steps:
             log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
             return
-        first_step, started, started_step = step + 1, time.time(), step
+        # loop
+        first_step, timer_start, timer_step = step + 1, time.time(), step
         interrupted = stop_on_ctrl_c()
         try:
             while (not FLAGS.max_steps or step < FLAGS.max_steps) and not interrupted:
@@ -474,26 +487,27 @@ def train():
                 step = fetched['step']
                 check_finite(step, fetched)
                 if step % LOG_EVERY_STEPS == 0 or step in (first_step, FLAGS.max_steps):
-                    speed = (step - started_step) * FLAGS.batch_size / (time.time() - started)
-                    log.info('step %d epoch %.2f loss %.4f lr %.6f %.1f images/s', step,
-                             step * FLAGS.batch_size / train_count, fetched['loss'], fetched['rate'], speed)
+                    log_step(step, fetched, (step - timer_step) * FLAGS.batch_size / (time.time() - timer_start),
+                             train_count)
                     writer.add_summary(summary, step)
-                    started, started_step = time.time(), step
+                    timer_start, timer_step = time.time(), step
                 if step % FLAGS.validation_steps == 0:
-                    validate(step)
+                    validate(session, validator, charset, writer, keeper, step)
                     validated_step = step
                 if step % FLAGS.save_steps == 0:
-                    save(step)
+                    keeper.save(session, step)
                     saved_step = step
+                if step in (validated_step, saved_step):
+                    timer_start, timer_step = time.time(), step  # images/s counts training steps only
         except tf.errors.OutOfRangeError:
             log.info('finished --num_epochs=%d', FLAGS.num_epochs)
+        # save
         if interrupted:
             log.info('interrupted at step %d', step)
         if step != saved_step:
-            save(step)
+            keeper.save(session, step)
         if step != validated_step and not interrupted:
-            validate(step)
-        writer.close()
+            validate(session, validator, charset, writer, keeper, step)
 
 
 def validate_mode():

@@ -16,6 +16,8 @@ import tensorflow as tf
 
 flags = tf.compat.v1.flags
 
+CONTEST_CHARSET = '0123456789+-*()'  # the contest's expressions: digits, operators, parentheses
+
 # The model and its training (the original project's names and defaults).
 flags.DEFINE_boolean('restore', False, 'resume training from the latest checkpoint in checkpoint_dir')
 flags.DEFINE_string('checkpoint_dir', './checkpoint/', 'where checkpoints and the model architecture are kept')
@@ -37,6 +39,8 @@ flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
 flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
 flags.DEFINE_integer('decay_steps', 10000, 'the learning rate is multiplied by decay_rate every this many steps')
 flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
+flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
+                   '(0: off)')
 flags.DEFINE_string('train_dir', './imgs/train/', 'folder of <id>_<label> training images')
 flags.DEFINE_string('val_dir', './imgs/val/', 'folder of <id>_<label> validation images')
 flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any file names)')
@@ -52,7 +56,7 @@ flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the 
 flags.DEFINE_integer('max_stepsize', 0,
                      'least number of RNN time steps: width pooling stops halving once another halving would '
                      'drop below it (0: every conv unit halves the width, 12 steps at width 180)')
-flags.DEFINE_string('charset', '0123456789+-*()', 'the characters labels may contain')
+flags.DEFINE_string('charset', CONTEST_CHARSET, 'the characters labels may contain')
 flags.DEFINE_enum('decoder', 'beam', ['beam', 'greedy'], 'CTC decoder for val and infer')
 flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
 flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writes')
@@ -100,8 +104,8 @@ flags.DEFINE_enum('clutter', 'over', ['over', 'under'],
 flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.[ot]tf', '/usr/local/share/fonts/**/*.[ot]tf',
                                  '~/.fonts/**/*.[ot]tf', '~/.local/share/fonts/**/*.[ot]tf', '/Library/Fonts/*.[ot]tf',
                                  'C:/Windows/Fonts/*.[ot]tf'],
-                  'helper synth: glob patterns of TrueType and OpenType fonts to draw with (the captcha package\'s '
-                  'DroidSansMono always; the classic renderer also has OpenCV\'s Hershey fonts)')
+                  'helper synth: glob patterns of TrueType and OpenType fonts to draw with; left at its default, the '
+                  'captcha package\'s DroidSansMono joins them (the classic renderer also has OpenCV\'s Hershey fonts)')
 flags.DEFINE_enum('renderer', 'mix', ['classic', 'contest', 'mix'],
                   'helper synth: classic: the project\'s own generator (fonts, colours, clutter); contest: modelled '
                   'on the captcha package that drew the contest (rotated, warped, overlapping characters, thin '
@@ -120,6 +124,7 @@ flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<la
 FLAGS = flags.FLAGS
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
+MAX_NAME_BYTES = 255  # longest file name of common file systems
 CACHE_BYTES = 256 * 2 ** 20  # image_dataset keeps the decoded images of a data set that fits
 
 log = logging.getLogger('ocr')
@@ -180,15 +185,6 @@ class Charset:
         return ''.join(self.characters[i] for i in ids if 0 <= i < len(self.characters))
 
 
-def sparse_tuple_from(sequences):
-    """Lists of class ids -> (indices [n, 2], values [n], dense_shape [2]) of a tf.SparseTensor."""
-    indices = [(row, col) for row, seq in enumerate(sequences) for col in range(len(seq))]
-    values = [v for seq in sequences for v in seq]
-    width = max((len(s) for s in sequences), default=0)
-    return (np.array(indices, dtype=np.int64).reshape(-1, 2), np.array(values, dtype=np.int32),
-            np.array([len(sequences), width], dtype=np.int64))
-
-
 def ctc_steps_needed(label):
     """Least number of time steps CTC needs for a label: one per character plus a blank between repeats."""
     return len(label) + sum(1 for a, b in zip(label, label[1:]) if a == b)
@@ -203,6 +199,25 @@ def label_from_filename(name):
     if '_' not in stem:
         return None
     return stem.split('_', 1)[1]
+
+
+def id_label_name(image_id, label, extension):
+    """`12`, `(3-7)*5`, `.png` -> `12_(3-7)*5.png`, the name label_from_filename reads back ('' gives `12_.png`)."""
+    name = '%s_%s%s' % (image_id, label, extension)
+    if len(name.encode('utf-8')) > MAX_NAME_BYTES:
+        raise UserError('file name %r is longer than %d bytes' % (name, MAX_NAME_BYTES))
+    return name
+
+
+def image_id(name):
+    """`12_(3-7)*5.png` and `12.png` -> `12`: a file name up to its first `_` or its extension."""
+    return os.path.splitext(name)[0].split('_', 1)[0]
+
+
+def shorten(items, limit=10):
+    """Items for a message: the first `limit`, then how many more there are."""
+    items = list(items)
+    return items[:limit] + (['... and %d more' % (len(items) - limit)] if len(items) > limit else [])
 
 
 def natural_key(name):
@@ -249,9 +264,8 @@ def list_labelled_images(directory, flag_name, charset, time_steps):
                                 name, label, ctc_steps_needed(label), time_steps))
         labels.append(label)
     if problems:
-        shown = problems[:10] + (['... and %d more' % (len(problems) - 10)] if len(problems) > 10 else [])
         raise UserError('--%s=%s: %d of %d images cannot be used:\n  %s' % (
-            flag_name, directory, len(problems), len(paths), '\n  '.join(shown)))
+            flag_name, directory, len(problems), len(paths), '\n  '.join(shorten(problems))))
     return paths, labels
 
 

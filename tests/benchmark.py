@@ -224,7 +224,8 @@ def training_session(arch, precision, make_dataset):
     with graph.as_default():
         v1.set_random_seed(0)
         batch = v1.data.make_one_shot_iterator(make_dataset()).get_next()
-        training = main.build_training(arch, batch, v1.train.get_or_create_global_step())
+        training = ocr.training_graph(arch, batch, main.hyperparameters(), v1.train.get_or_create_global_step(),
+                                      main.training_towers())
         session = v1.Session(graph=graph, config=main.session_config())
         session.run(v1.global_variables_initializer())
     return session, training
@@ -407,25 +408,27 @@ def part_pipeline(args, arch, batch, folder, results):
     over the folder spends reading its images, from the files and from the cache."""
     rounds, sessions, traced = Rounds(block=4, skip=1), [], {}
     for precision in args.precisions:
-        for source, make_dataset in (('memory', constant_dataset(batch)),
-                                     ('folder', folder_dataset(folder, arch, args.batch_size, cache_bytes=0))):
+        for source, make_dataset in (
+                ('memory', constant_dataset(batch)),
+                ('folder', folder_dataset(folder, arch, args.batch_size, cache_bytes=0)),
+                ('augmented', folder_dataset(folder, arch, args.batch_size, cache_bytes=0, augment=True))):
             session, fetches = training_session(arch, precision, make_dataset)
             sessions.append(session)
             rounds.add((precision, source), session_step(session, fetches), args.warmup_steps)
-            if source == 'folder':
-                traced[precision] = session, fetches
+            if source != 'memory':
+                traced[precision, source] = session, fetches
     rounds.run(max(2, args.rounds // 2))
-    waits = {precision: iterator_wait(session, fetches, 4) for precision, (session, fetches) in traced.items()}
+    waits = {key: iterator_wait(session, fetches, 4) for key, (session, fetches) in traced.items()}
     close(sessions)
     print('pipeline: %d rounds, load %.1f' % (max(2, args.rounds // 2), load()))
-    for precision in args.precisions:
-        step = rounds.median((precision, 'folder'))
-        results['wait', precision] = waits[precision] / step
-        report('%s training from the folder' % precision, '%.1f' % (args.batch_size / step), 'images/s',
-               '%.1f%% slower than from memory' % (100 * (rounds.ratio((precision, 'folder'), (precision, 'memory'))
-                                                          - 1)))
-        report('%s step waiting for its batch' % precision, '%.2f' % (100 * waits[precision] / step), '%',
-               '%.1f ms of a %.0f ms step' % (1e3 * waits[precision], 1e3 * step))
+    for precision, source in waits:
+        step = rounds.median((precision, source))
+        results['wait', precision, source] = waits[precision, source] / step
+        report('%s training from the folder%s' % (precision, ', --augment' if source == 'augmented' else ''),
+               '%.1f' % (args.batch_size / step), 'images/s', '%.1f%% slower than from memory' % (
+                   100 * (rounds.ratio((precision, source), (precision, 'memory')) - 1)))
+        report('  step waiting for its batch', '%.2f' % (100 * waits[precision, source] / step), '%',
+               '%.1f ms of a %.0f ms step' % (1e3 * waits[precision, source], 1e3 * step))
     validation_pass = validation_time(arch, folder, args.batch_size)
     report('fp32 validation pass (beam)', '%.2f' % validation_pass, 's', '%d images' % FOLDER_IMAGES)
     for name, cache_bytes in (('from files', 0), ('cached', utils.CACHE_BYTES)):
@@ -521,9 +524,12 @@ def summary(args, results):
             speedup = results['%s_speedup' % kind]
             row('bf16 / fp32, %s' % name, '%.2fx' % speedup, '>= 1.4x', speedup >= TARGETS['bf16_speedup'])
     for precision in args.precisions:
-        if ('wait', precision) in results:
-            row('%s step waiting for input, batch %d' % (precision, args.batch_size),
-                '%.2f%%' % (100 * results['wait', precision]), '< 5%', results['wait', precision] < TARGETS['wait'])
+        for source in ('folder', 'augmented'):
+            if ('wait', precision, source) in results:
+                wait = results['wait', precision, source]
+                row('%s step waiting for input, batch %d%s' % (
+                    precision, args.batch_size, ', --augment' if source == 'augmented' else ''),
+                    '%.2f%%' % (100 * wait), '< 5%', wait < TARGETS['wait'])
     for source in ('from files', 'cached'):
         if ('validation_reading', source) in results:
             row('validation pass reading images %s' % source,

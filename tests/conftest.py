@@ -45,11 +45,16 @@ def run_cli(*args, script='main.py', cwd=REPO):
                           cwd=cwd, timeout=600)
 
 
-@pytest.fixture
-def dataset(tmp_path):
+def write_dataset(tmp_path):
     """train (50), val (23) and infer (11, unlabelled names) folders of small digit images."""
     write_text_images(str(tmp_path / 'train'), random_labels(50, seed=1))
     write_text_images(str(tmp_path / 'val'), random_labels(23, seed=2))
     infer_labels = random_labels(11, seed=3)
     write_text_images(str(tmp_path / 'infer'), infer_labels, names=['%d.png' % i for i in range(11)])
     return tmp_path
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A folder of write_dataset's folders."""
+    return write_dataset(tmp_path)

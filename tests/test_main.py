@@ -7,10 +7,12 @@ import subprocess
 import shutil
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_text_images
+from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_dataset, write_text_images
 
 
 def folders(tmp_path):
@@ -25,21 +27,38 @@ def train(tmp_path, *extra):
                    *SMALL_MODEL_FLAGS, *folders(tmp_path), *extra)
 
 
-@pytest.fixture
-def trained(dataset):
-    result = train(dataset)
+@pytest.fixture(scope='module')
+def trained_once(tmp_path_factory):
+    folder = write_dataset(tmp_path_factory.mktemp('trained'))
+    result = train(folder)
     assert result.returncode == 0, result.stderr
-    return dataset, result
+    return folder, result
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    """A copy of the module's trained folder (data, checkpoint, log) that a test may change, and the training's
+    output."""
+    folder, result = trained_once
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    return tmp_path, result
 
 
 def test_train_logs_validates_and_saves(trained):
     tmp_path, result = trained
-    assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.001000 [\d.]+ images/s', result.stdout)
+    assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.001000 gradient norm [\d.]+ [\d.]+ images/s',
+                     result.stdout)
     assert 'step 1 epoch' in result.stdout and 'step 3 epoch' not in result.stdout  # every 10 steps, first, last
     assert 'step 2: validation accuracy' in result.stdout and ' label ' in result.stdout
     saved = os.listdir(tmp_path / 'checkpoint')
     assert 'ocr-model-3.index' in saved and 'ocr-model-4.index' in saved
-    assert os.listdir(tmp_path / 'log'), 'no TensorBoard summaries written'
+    events = [tf.compat.v1.Event.FromString(record) for name in os.listdir(tmp_path / 'log')
+              for record in tf.compat.v1.io.tf_record_iterator(str(tmp_path / 'log' / name))]
+    tags = {value.tag: value for event in events for value in event.summary.value}
+    assert {'loss', 'rate', 'gradient_norm', 'val/accuracy', 'val/cer', 'val/readings'} <= set(tags)
+    readings = cv2.imdecode(np.frombuffer(tags['val/readings'].image.encoded_image_string, np.uint8),
+                            cv2.IMREAD_COLOR)
+    assert readings.shape == (5 * (80 + 24), 240, 3)  # 5 validation images above their label and reading
     architecture = json.loads((tmp_path / 'checkpoint' / 'architecture.json').read_text())
     assert architecture['image_width'] == 96 and architecture['charset'] == '0123456789'
 

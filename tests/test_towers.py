@@ -11,6 +11,15 @@ from conftest import SMALL_MODEL_FLAGS, run_cli
 from test_main import folders
 
 v1 = tf.compat.v1
+SMALL = ocr.Architecture(image_height=32, image_width=96, image_channel=1, charset='0123456789', cnn_count=3,
+                         out_channels=32, num_hidden=32, leakiness=0.01, max_stepsize=0, rnn_cell='lstm',
+                         rnn_layers=1, bidirectional=False, rhn_depth=3)  # conftest.SMALL_MODEL_FLAGS
+HYPERPARAMETERS = ocr.Hyperparameters(
+    optimizer='adam', initial_learning_rate=1e-3, lr_schedule='exponential', decay_steps=10000, decay_rate=0.98,
+    lr_boundaries=[], warmup_steps=0, beta1=0.9, beta2=0.999, momentum=0.9, keep_prob=1.0, clip_norm=0.0,
+    loss_scaling=False)
+TWO_CPUS = v1.ConfigProto(device_count={'CPU': 2}, allow_soft_placement=True)  # as main.session_config
+DEVICES = ['/cpu:0', '/cpu:1']
 
 
 @pytest.fixture
@@ -45,20 +54,20 @@ def single_tower_gradients(arch, images, label_ids, variables):
 
 
 @pytest.mark.parametrize('batch_size', [4, 5])
-def test_two_towers_give_the_gradients_of_their_shards_combined(flags, batch_size):
+def test_two_towers_give_the_gradients_of_their_shards_combined(batch_size):
     """Even batch: the towers' gradients are the mean of one tower's gradients on each half. Odd (a last partial
     batch, shards of 3 and 2): each half weighs by its images, the gradient of the batch's mean loss."""
-    arch = flags()
+    arch = SMALL
     with tf.Graph().as_default():
         batch = placeholder_batch()
         with v1.variable_scope('ocr'):
-            _, tower_gradients, _ = main.build_towers(arch, batch, v1.train.GradientDescentOptimizer(1.0),
-                                                      ['/cpu:0', '/cpu:1'], '/cpu:0')
+            _, tower_gradients, _ = ocr.towers(arch, batch, v1.train.GradientDescentOptimizer(1.0), 1.0, DEVICES,
+                                               '/cpu:0')
         gradients, variables = zip(*ocr.add_tower_gradients(tower_gradients))
         first = (batch_size + 1) // 2
         halves = [single_tower_gradients(arch, batch['images'][rows], batch['label_ids'][rows], variables)
                   for rows in (slice(None, first), slice(first, None))]
-        with v1.Session(config=main.session_config()) as session:
+        with v1.Session(config=TWO_CPUS) as session:
             session.run(v1.global_variables_initializer())
             towers, (head, tail) = session.run([gradients, halves], random_feed(batch, batch_size))
     assert len(towers) == len(variables) == 13  # 3 conv units x (kernel, gamma, beta), the LSTM, the logits
@@ -67,15 +76,14 @@ def test_two_towers_give_the_gradients_of_their_shards_combined(flags, batch_siz
         np.testing.assert_allclose(tower, expected, rtol=1e-4, atol=1e-5, err_msg=variable.name)
 
 
-def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device(flags):
-    arch = flags('--batch_size=4')
+def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device():
     with tf.Graph().as_default():
         batch = placeholder_batch()
         global_step = v1.train.get_or_create_global_step()
-        training = main.build_training(arch, batch, global_step)
+        training = ocr.training_graph(SMALL, batch, HYPERPARAMETERS, global_step, DEVICES)
         devices = {op.name: op.device for op in v1.get_default_graph().get_operations()}
         moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
-        with v1.Session(config=main.session_config()) as session:
+        with v1.Session(config=TWO_CPUS) as session:
             session.run(v1.global_variables_initializer())
             steps = [session.run(training, random_feed(batch, 4)) for _ in range(2)]
             assert session.run(global_step) == 2 and session.run(moving_mean).any()
@@ -89,12 +97,22 @@ def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device(f
 def test_only_a_batch_smaller_than_the_towers_is_dropped():
     with tf.Graph().as_default():
         dataset = tf.data.Dataset.from_tensor_slices({'images': np.zeros((7, 2, 2, 1), np.uint8)}).batch(3)
-        sizes = main.batches_for_towers(dataset, 2).map(lambda batch: tf.shape(batch['images'])[0])
+        sizes = ocr.batches_for_towers(dataset, 2).map(lambda batch: tf.shape(batch['images'])[0])
         following = v1.data.make_one_shot_iterator(sizes).get_next()
         with v1.Session() as session:
             assert [session.run(following) for _ in range(2)] == [3, 3]
             with pytest.raises(tf.errors.OutOfRangeError):
                 session.run(following)
+
+
+def test_clipping_scales_the_gradients_to_the_global_norm_together():
+    with tf.Graph().as_default(), v1.Session() as session:
+        variables = [tf.Variable(0.0), tf.Variable(0.0)]
+        pairs = [(tf.constant(3.0), variables[0]), (tf.constant(4.0), variables[1])]
+        clipped, norm = ocr.clip_gradients(pairs, 1.0)
+        clipped, norm = session.run([[gradient for gradient, _ in clipped], norm])
+        unclipped = session.run([gradient for gradient, _ in ocr.clip_gradients(pairs, 0.0)[0]])
+    assert norm == pytest.approx(5.0) and clipped == pytest.approx([0.6, 0.8]) and unclipped == [3.0, 4.0]
 
 
 def test_a_batch_the_towers_cannot_share_and_absent_gpus_are_refused(flags):

@@ -41,13 +41,6 @@ def test_charset_refuses_empty_and_repeated():
         utils.Charset('0121')
 
 
-def test_sparse_tuple_from_lists_of_ids():
-    indices, values, shape = utils.sparse_tuple_from([[1, 2], [], [3, 4, 5]])
-    assert indices.tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [2, 2]]
-    assert values.tolist() == [1, 2, 3, 4, 5]
-    assert shape.tolist() == [3, 3]
-
-
 @pytest.mark.parametrize('label, steps', [('123', 3), ('112', 4), ('1111', 7), ('', 0), ('(3-7)*5', 7)])
 def test_ctc_needs_a_blank_between_repeats(label, steps):
     assert utils.ctc_steps_needed(label) == steps
