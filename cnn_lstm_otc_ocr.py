@@ -446,15 +446,20 @@ class LSTMOCR:
         return tf.where(empty, blank_only, ctc)
 
     def decode(self, logits, decoder='beam', beam_width=10):
-        """Class ids of the best path [b, max_decoded_len], padded with -1."""
+        """Class ids of each image's reading [b, max_decoded_len], padded with -1, and its confidence [b] in
+        [0, 1]: the model's probability of that reading. Beam search gives it for the reading's alignments that
+        its beam kept; greedy decoding for the single best alignment (a lower bound of the reading's)."""
         sequence_length = self.sequence_length(tf.shape(logits)[1])
         if decoder == 'beam':
-            decoded, _ = tf.nn.ctc_beam_search_decoder(logits, sequence_length, beam_width=beam_width, top_paths=1)
+            decoded, log_probabilities = tf.nn.ctc_beam_search_decoder(logits, sequence_length,
+                                                                       beam_width=beam_width, top_paths=1)
+            confidence = tf.exp(log_probabilities[:, 0])                                        # [b]
         elif decoder == 'greedy':
             decoded, _ = tf.nn.ctc_greedy_decoder(logits, sequence_length, merge_repeated=True)
+            confidence = tf.exp(tf.reduce_sum(tf.reduce_max(tf.nn.log_softmax(logits), axis=2), axis=0))  # [b]
         else:
             raise ValueError('decoder must be beam or greedy, not %r' % decoder)
-        return tf.sparse.to_dense(decoded[0], default_value=-1)
+        return tf.sparse.to_dense(decoded[0], default_value=-1), tf.minimum(confidence, 1.0)
 
 
 def dense_to_sparse(label_ids):
@@ -562,10 +567,18 @@ Hyperparameters = collections.namedtuple('Hyperparameters', [
 
 
 def reading_graph(arch, images, decoder='beam', beam_width=10, mode='infer'):
-    """uint8 images [b, h, w, c] -> class ids of each image's reading [b, max_len], padded with -1."""
+    """uint8 images [b, h, w, c] -> class ids of each image's reading [b, max_len], padded with -1, and the
+    reading's confidence [b] (LSTMOCR.decode)."""
     with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
         model = LSTMOCR(mode, arch)
         return model.decode(model.logits(images), decoder, beam_width)
+
+
+def reading_text(charset, ids):
+    """Class ids [b, n] padded with -1 -> the readings as strings [b]."""
+    characters = tf.constant(list(charset) + [''])                                          # the last: padding
+    ids = tf.where(ids < 0, tf.cast(len(charset), ids.dtype), ids)
+    return tf.strings.reduce_join(tf.gather(characters, ids), axis=1)
 
 
 def batches_for_towers(dataset, num_towers):

@@ -7,8 +7,10 @@ infer: restores it and writes the reading of every image of infer_dir to infer_o
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ start-up chatter
@@ -33,6 +35,7 @@ EXPORT_RECORD_FILE = 'model.json'
 SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imgs', 'model')
 LOG_EVERY_STEPS = 10
 SAMPLES_SHOWN = 5
+COVERAGE_THRESHOLDS = (0.0, 0.5, 0.9, 0.99, 0.999)
 
 
 # --- flags, devices and the architecture ---------------------------------------
@@ -240,22 +243,24 @@ def build_reader(arch, dataset, mode):
     iterator = v1.data.make_initializable_iterator(dataset)
     batch = iterator.get_next()
     with tf.device(model_device()):
-        decoded = ocr.reading_graph(arch, batch['images'], FLAGS.decoder, FLAGS.beam_width, mode)
-    return iterator.initializer, {'decoded': decoded, 'labels': batch['labels'], 'paths': batch['paths'],
-                                  'ok': batch['ok']}
+        decoded, confidence = ocr.reading_graph(arch, batch['images'], FLAGS.decoder, FLAGS.beam_width, mode)
+    return iterator.initializer, {'decoded': decoded, 'confidence': confidence, 'labels': batch['labels'],
+                                  'paths': batch['paths'], 'ok': batch['ok']}
 
 
 def read_all(session, reader, charset, on_batch=None):
-    """Runs a reader over its whole dataset: lists of predictions, labels, paths and readable flags."""
+    """Runs a reader over its whole dataset: lists of predictions, confidences, labels, paths and readable
+    flags."""
     initializer, fetches = reader
     session.run(initializer)
-    results = {'predictions': [], 'labels': [], 'paths': [], 'ok': []}
+    results = {'predictions': [], 'confidence': [], 'labels': [], 'paths': [], 'ok': []}
     while True:
         try:
             batch = session.run(fetches)
         except tf.errors.OutOfRangeError:
             return results
         results['predictions'] += [charset.decode(row) for row in batch['decoded']]
+        results['confidence'] += [float(value) for value in batch['confidence']]
         results['labels'] += [label.decode() for label in batch['labels']]
         results['paths'] += [path.decode() for path in batch['paths']]
         results['ok'] += list(batch['ok'])
@@ -277,6 +282,17 @@ def report_validation(results, step=None):
         log.info('  every reading is empty: normal early in CTC training (the blank is learnt first); if it lasts '
                  'thousands of steps, try another --initial_learning_rate and check that file names match images')
     return accuracy, cer
+
+
+def report_coverage(results, thresholds=COVERAGE_THRESHOLDS):
+    """Logs, for each confidence threshold, the share of images read at or above it and the accuracy on them:
+    what a user needs to decide below which confidence a person should look at the image."""
+    log.info('confidence  coverage  accuracy (of the images at or above the confidence)')
+    for threshold in thresholds:
+        kept = [p == t for p, t, c in zip(results['predictions'], results['labels'], results['confidence'])
+                if c >= threshold]
+        log.info('  >= %-6s   %6.2f%%   %s', threshold, 100 * len(kept) / max(1, len(results['labels'])),
+                 '%6.2f%%' % (100 * sum(kept) / len(kept)) if kept else '     -')
 
 
 def labelled_set(directory, flag_name, arch, charset, batch_size, **options):
@@ -520,6 +536,7 @@ def validate_mode():
         log.info('restored %s', checkpoint)
         results = read_all(session, reader, charset)
     accuracy, cer = report_validation(results)
+    report_coverage(results)
     print('accuracy=%.4f cer=%.4f images=%d' % (accuracy, cer, len(results['labels'])))
 
 
@@ -543,10 +560,12 @@ def infer():
         log.info('restored %s; reading %d images of %s', checkpoint, len(paths), FLAGS.infer_dir)
         results = read_all(session, reader, charset, progress)
     with open(FLAGS.infer_output, 'w') as output:
-        for path, prediction, ok in zip(results['paths'], results['predictions'], results['ok']):
+        for path, prediction, confidence, ok in zip(results['paths'], results['predictions'], results['confidence'],
+                                                    results['ok']):
             prediction = prediction if ok else ''
             value = utils.expression_value(prediction)
-            output.write('%s\t%s\t%s\n' % (os.path.basename(path), prediction, '' if value is None else value))
+            output.write('%s\t%s\t%s\t%s\n' % (os.path.basename(path), prediction, '' if value is None else value,
+                                                 '%.4f' % confidence if ok else ''))
     unreadable = results['ok'].count(False)
     log.info('wrote %d readings to %s%s', len(paths), FLAGS.infer_output,
              ' (%d unreadable images have empty readings)' % unreadable if unreadable else '')
@@ -586,8 +605,40 @@ def export():
     with open(os.path.join(FLAGS.export_dir, EXPORT_RECORD_FILE), 'w') as file:
         json.dump(record, file, indent=2)
         file.write('\n')
-    size = sum(os.path.getsize(os.path.join(FLAGS.export_dir, name)) for name in os.listdir(FLAGS.export_dir))
-    log.info('exported %s (step %s) to %s: %.1f MB', checkpoint, record.get('step', '?'), path, size / 2 ** 20)
+    write_saved_model(arch, checkpoint, FLAGS.export_dir)
+    size = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(FLAGS.export_dir)
+               for name in names)
+    log.info('exported %s (step %s) to %s, and a SavedModel beside it: %.1f MB in all', checkpoint,
+             record.get('step', '?'), path, size / 2 ** 20)
+
+
+def write_saved_model(arch, checkpoint, export_dir):
+    """The model as a SavedModel at the top of export_dir (saved_model.pb and variables/, tag serve) for TensorFlow
+    Serving or tf.saved_model.load: its serving_default signature takes image_bytes (string [n], encoded image
+    files) and returns text (string [n]) and confidence (float32 [n]); decoding, resizing and the --decoder run
+    in the graph."""
+    shape = [arch.image_height, arch.image_width, arch.image_channel]
+    with tf.Graph().as_default() as graph:
+        image_bytes = v1.placeholder(tf.string, [None], name='image_bytes')
+        images = tf.map_fn(lambda encoded: utils.decode_image_bytes(encoded, *shape), image_bytes,
+                           fn_output_signature=tf.TensorSpec(shape, tf.uint8))               # [n, h, w, c]
+        ids, confidence = ocr.reading_graph(arch, images, FLAGS.decoder, FLAGS.beam_width)
+        signature = v1.saved_model.predict_signature_def(
+            {'image_bytes': image_bytes}, {'text': ocr.reading_text(arch.charset, ids), 'confidence': confidence})
+        staging = tempfile.mkdtemp(dir=export_dir)
+        with v1.Session(graph=graph) as session:
+            v1.train.Saver().restore(session, checkpoint)
+            builder = v1.saved_model.Builder(os.path.join(staging, 'saved_model'))
+            builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING],
+                                                 signature_def_map={'serving_default': signature},
+                                                 strip_default_attrs=True)
+            builder.save()
+    for name in ('saved_model.pb', 'variables'):
+        target = os.path.join(export_dir, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, 'saved_model', name), target)
+    shutil.rmtree(staging)
 
 
 def main(argv):

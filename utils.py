@@ -313,6 +313,32 @@ def read_image(path, height, width, channels):
     return image.reshape(height, width, channels), True
 
 
+def decode_image_bytes(encoded, height, width, channels):
+    """One encoded image (string scalar: PNG, JPEG, BMP, GIF) -> uint8 [height, width, channels], read_image in
+    TensorFlow ops for a served model: transparency over a paper that contrasts with the opaque pixels, grey by
+    the same weights as OpenCV, area resizing to shrink and bilinear to enlarge."""
+    def opaque_jpeg():
+        rgb = tf.io.decode_jpeg(encoded, channels=3)                                        # [h, w, 3]
+        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], 2)
+
+    rgba = tf.cond(tf.io.is_jpeg(encoded), opaque_jpeg,
+                   lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False))     # [h, w, 4] RGBA
+    colour, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32) / 255
+    opaque = alpha[..., 0] > 0.5
+    ink = tf.reduce_mean(tf.boolean_mask(colour, opaque))
+    paper = tf.where(tf.logical_or(tf.logical_not(tf.reduce_any(opaque)), ink < 128), 255.0, 0.0)
+    image = colour * alpha + paper * (1 - alpha)                                            # [h, w, 3] RGB
+    if channels == 1:
+        image = tf.reduce_sum(image * [0.299, 0.587, 0.114], axis=2, keepdims=True)         # [h, w, 1]
+    else:
+        image = image[..., ::-1]                                                            # BGR, as OpenCV
+    image = tf.round(image)
+    shrink = tf.logical_or(tf.shape(image)[0] > height, tf.shape(image)[1] > width)
+    image = tf.cond(shrink, lambda: tf.image.resize(image, [height, width], method='area'),
+                    lambda: tf.image.resize(image, [height, width], method='bilinear'))
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
 class LabelledImages:
     """The images of a data set by number: paths and labels held in Python, each image decoded when asked for.
 

@@ -77,7 +77,7 @@ def test_infer_writes_every_image_in_natural_order_with_a_partial_batch(trained)
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / 'result.txt').read_text().splitlines()
     assert [line.split('\t')[0] for line in lines] == ['%d.png' % i for i in range(11)]
-    assert all(re.fullmatch(r'\d+\.png\t[0-9]*\t-?\d*', line) for line in lines), lines
+    assert all(re.fullmatch(r'\d+\.png\t[0-9]*\t-?\d*\t[01]\.\d{4}', line) for line in lines), lines
     assert 'infer: 11/11 images' in result.stdout
 
 
@@ -110,7 +110,7 @@ def test_unreadable_images_are_warned_about_and_kept_empty_in_infer(trained):
     assert result.returncode == 0, result.stderr
     assert '5.png' in result.stderr
     lines = (tmp_path / 'result.txt').read_text().splitlines()
-    assert len(lines) == 11 and lines[5] == '5.png\t\t'
+    assert len(lines) == 11 and lines[5] == '5.png\t\t\t'
 
 
 def test_unreadable_training_image_is_skipped_with_a_warning(dataset):
@@ -331,3 +331,36 @@ def test_init_from_another_architecture_or_restore_from_an_export_is_refused(tra
     assert '--init_from=%s' % (tmp_path / 'export') in result.stderr and 'Traceback' not in result.stderr
     result = run_cli(*start, '--init_from=%s' % (tmp_path / 'nowhere'), '--checkpoint_dir=%s' % (tmp_path / 'new'))
     assert result.returncode == 2 and 'nowhere: no such folder' in result.stderr
+
+
+def test_learning_rate_schedule_flags_reach_the_training(dataset):
+    result = run_cli('--mode=train', '--batch_size=16', '--max_steps=4', '--validation_steps=10', *SMALL_MODEL_FLAGS,
+                     *folders(dataset), '--lr_schedule=piecewise', '--lr_boundaries=2', '--decay_rate=0.5')
+    assert result.returncode == 0, result.stderr
+    assert re.search(r'step 1 epoch [\d.]+ loss [\d.]+ lr 0\.001000 ', result.stdout)
+    assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.000500 ', result.stdout)
+
+
+def test_colour_model_trains_and_reads_without_repeating_flags(dataset):
+    result = run_cli('--mode=train', '--batch_size=16', '--max_steps=2', '--validation_steps=2', '--image_channel=3',
+                     *SMALL_MODEL_FLAGS, *folders(dataset))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((dataset / 'checkpoint' / 'architecture.json').read_text())['image_channel'] == 3
+    result = run_cli('--mode=infer', *folders(dataset))
+    assert result.returncode == 0, result.stderr
+    assert len((dataset / 'result.txt').read_text().splitlines()) == 11
+
+
+def test_an_exported_trained_model_reads_the_same_when_moved(tmp_path):
+    result = run_cli('--mode=export', '--checkpoint_dir=%s' % os.path.join(REPO, 'imgs', 'model'),
+                     '--export_dir=%s' % (tmp_path / 'export'))
+    assert result.returncode == 0, result.stderr
+    shutil.move(str(tmp_path / 'export'), str(tmp_path / 'moved'))
+    readings = []
+    for model in (os.path.join(REPO, 'imgs', 'model'), str(tmp_path / 'moved')):
+        output = tmp_path / ('%d.txt' % len(readings))
+        result = run_cli('--mode=infer', '--checkpoint_dir=%s' % model, '--infer_output=%s' % output)
+        assert result.returncode == 0, result.stderr
+        readings.append(output.read_text())
+    assert readings[0] == readings[1]
+    assert sum(1 for line in readings[0].splitlines() if line.split('\t')[1]) >= 95  # a trained model reads

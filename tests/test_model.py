@@ -101,6 +101,24 @@ def test_batch_norm_updates_moving_statistics_only_in_training():
             assert session.run(moving_mean).any()
 
 
+def test_folded_batch_norm_equals_batch_norm_on_the_moving_statistics():
+    rng = np.random.default_rng(0)
+    with tf.Graph().as_default(), v1.Session() as session:
+        images = tf.constant(rng.random((2, 8, 12, 3)), tf.float32)
+        folded = ocr.conv_unit(images, 'unit', 4, [2, 2], 0.1, training=False)
+        with v1.variable_scope('unit', reuse=True):
+            kernel = v1.get_variable('kernel')
+            gamma, beta, mean, variance = ocr.batch_norm_variables(4)
+        session.run(v1.global_variables_initializer())
+        for variable, low in ((gamma, 0.5), (beta, -1.0), (mean, -1.0), (variance, 0.2)):
+            session.run(variable.assign(rng.uniform(low, 2.0, 4).astype(np.float32)))
+        normalised = (tf.nn.conv2d(images, kernel, 1, 'SAME') - mean) * tf.math.rsqrt(variance + 1e-5) * gamma + beta
+        expected = tf.nn.max_pool2d(tf.nn.leaky_relu(normalised, 0.1), 2, 2, 'SAME')
+        folded, expected = session.run([folded, expected])
+    assert folded.shape == (2, 4, 6, 4)
+    np.testing.assert_allclose(folded, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_model_overfits_a_small_set(tmp_path):
     """Loss, labels and both decoders agree: 32 images are learnt to 100% sequence accuracy."""
     labels = random_labels(32, seed=5)

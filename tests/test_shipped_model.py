@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 
+import cv2
+import numpy as np
 import tensorflow as tf
 
 import cnn_lstm_otc_ocr as ocr
@@ -30,10 +32,22 @@ def test_default_infer_uses_the_shipped_model_on_the_bundled_sample(tmp_path):
     assert 'using the shipped contest model in %s' % SHIPPED in result.stdout
     labels = bundled_labels()
     readings = [line.split('\t') for line in (tmp_path / 'result.txt').read_text().splitlines()]
-    assert sorted(name for name, _, _ in readings) == sorted(labels)
-    correct = [(name, value) for name, prediction, value in readings if prediction == labels[name][0]]
+    assert sorted(name for name, _, _, _ in readings) == sorted(labels)
+    correct = [(name, value) for name, prediction, value, _ in readings if prediction == labels[name][0]]
     assert len(correct) >= BUNDLED_ACCURACY * len(labels), readings
     assert all(value == labels[name][1] for name, value in correct)
+    assert all(0 <= float(confidence) <= 1 for _, _, _, confidence in readings)
+
+
+def test_images_without_text_are_read_as_nothing(tmp_path):
+    (tmp_path / 'blank').mkdir()
+    for name, colour in (('white', 255), ('black', 0), ('grey', 128), ('paper', (198, 226, 236))):
+        cv2.imwrite(str(tmp_path / 'blank' / (name + '.png')), np.full((60, 180, 3), colour, np.uint8))
+    result = run_cli('--mode=infer', '--checkpoint_dir=%s' % SHIPPED, '--infer_dir=%s' % (tmp_path / 'blank'),
+                     '--infer_output=%s' % (tmp_path / 'result.txt'))
+    assert result.returncode == 0, result.stderr
+    readings = [line.split('\t') for line in (tmp_path / 'result.txt').read_text().splitlines()]
+    assert len(readings) == 4 and all(reading == '' and value == '' for _, reading, value, _ in readings), readings
 
 
 def test_other_renderers_are_read_at_the_documented_accuracy():

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import utils
 from conftest import random_labels, write_text_images
@@ -202,14 +203,31 @@ def test_expression_value_refuses_anything_else(text):
     assert utils.expression_value(text) is None
 
 
-def test_read_image_takes_16_bit_alpha_and_palette_like_inputs(tmp_path):
-    deep = (np.random.default_rng(0).integers(0, 65535, (40, 120))).astype(np.uint16)
-    cv2.imwrite(str(tmp_path / 'deep.png'), deep)
+def test_read_image_takes_16_bit_alpha_and_palette_inputs_and_keeps_their_text(tmp_path):
+    text = np.full((40, 120), 255, np.uint8)
+    cv2.putText(text, '42', (20, 32), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 0, 3)
+    ink = text < 128
+    cv2.imwrite(str(tmp_path / 'deep.png'), text.astype(np.uint16) * 257)
     rgba = np.zeros((40, 120, 4), np.uint8)
-    rgba[..., 3] = 255
+    rgba[..., 3] = np.where(ink, 255, 0)  # black text on a transparent background
     cv2.imwrite(str(tmp_path / 'alpha.png'), rgba)
-    cv2.imwrite(str(tmp_path / 'grey.jpg'), np.full((20, 30), 128, np.uint8))
-    for name in ('deep.png', 'alpha.png', 'grey.jpg'):
+    palette = Image.fromarray(np.stack([text, text // 2, text], axis=2)).convert('P', palette=Image.ADAPTIVE, colors=4)
+    palette.save(str(tmp_path / 'palette.png'))
+    cv2.imwrite(str(tmp_path / 'grey.jpg'), text)
+    for name in ('deep.png', 'alpha.png', 'palette.png', 'grey.jpg'):
         for channels in (1, 3):
-            image, ok = utils.read_image(str(tmp_path / name), 60, 180, channels)
-            assert ok and image.shape == (60, 180, channels) and image.dtype == np.uint8, (name, channels)
+            image, ok = utils.read_image(str(tmp_path / name), 40, 120, channels)
+            assert ok and image.shape == (40, 120, channels) and image.dtype == np.uint8, (name, channels)
+            grey = image.mean(axis=2)
+            assert grey[ink].mean() < 80 and grey[~ink].mean() > 170, (name, channels)  # dark text on light
+
+
+def test_streaming_pipeline_reads_what_the_cached_one_does(tmp_path):
+    labels = random_labels(9, seed=6)
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        cached = run_dataset(utils.image_dataset(paths, labels, CHARSET, 4, (32, 96, 1)))
+        streamed = run_dataset(utils.image_dataset(paths, labels, CHARSET, 4, (32, 96, 1), cache_bytes=0))
+    assert len(cached) == len(streamed) == 3
+    for a, b in zip(cached, streamed):
+        assert (a['images'] == b['images']).all() and a['labels'].tolist() == b['labels'].tolist()
