@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, Charset, UserError, expression_value, id_label_name,
-                   image_id, log, natural_key, run_app, setup_logging, shorten)
+from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, Charset, UserError, check_numeric_flags, expression_value,
+                   id_label_name, image_id, log, natural_key, run_app, setup_logging, shorten)
 
 
 
@@ -160,6 +160,8 @@ def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwr
     for flag_name, directory in (('train_dir', train_dir), ('val_dir', val_dir)):
         if os.path.realpath(directory) == os.path.realpath(images_dir):
             raise UserError('--%s=%s is --images_dir: copies must go elsewhere' % (flag_name, directory))
+    if os.path.realpath(train_dir) == os.path.realpath(val_dir):
+        raise UserError('--train_dir=%s is --val_dir: the two parts must go to two folders' % train_dir)
     copies = [(source, id_label_name(k, label, os.path.splitext(source)[1]))
               for k, (source, (name, label)) in enumerate(zip(sources, entries))]
     train, val = split(copies, train_size, seed)
@@ -621,8 +623,7 @@ def run(argv):
     """Dispatches on --mode: rename (also when --mode is not given) or synth."""
     if len(argv) > 1:
         raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
-    if FLAGS.seed < 0:
-        raise UserError('--seed=%d: must be 0 or more' % FLAGS.seed)
+    check_numeric_flags()
     mode = FLAGS.mode if FLAGS['mode'].present else 'rename'
     if mode == 'rename':
         rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,

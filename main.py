@@ -7,22 +7,22 @@ infer: restores it and writes the reading of every image of infer_dir to infer_o
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ start-up chatter
+import utils  # first: it quiets TensorFlow's and OpenCV's start-up messages
+import cv2
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.protobuf import rewriter_config_pb2  # noqa: E402
-
-import cnn_lstm_otc_ocr as ocr  # noqa: E402
-import utils  # noqa: E402
-from utils import FLAGS, UserError, log  # noqa: E402
+import cnn_lstm_otc_ocr as ocr
+from utils import FLAGS, UserError, log
 
 v1 = tf.compat.v1
 
@@ -31,6 +31,7 @@ CHECKPOINT_PREFIX = 'ocr-model'
 BEST_DIR = 'best'
 BEST_FILE = 'best.json'
 EXPORT_RECORD_FILE = 'model.json'
+LOCK_FILE = 'training.lock'
 # The contest model that ships with the tool (README: the shipped model), used while ./checkpoint/ is empty.
 SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imgs', 'model')
 LOG_EVERY_STEPS = 10
@@ -44,17 +45,7 @@ def check_flags():
     """Flags whose values cannot work, each named with its value."""
     if FLAGS.mode not in ('train', 'val', 'infer', 'export'):
         raise UserError('--mode=%s: main.py runs train, val, infer or export' % FLAGS.mode)
-    at_least_one = ['batch_size', 'save_steps', 'validation_steps', 'decay_steps', 'beam_width', 'num_epochs']
-    for name in at_least_one:
-        if getattr(FLAGS, name) < 1:
-            raise UserError('--%s=%s: must be at least 1' % (name, getattr(FLAGS, name)))
-    for name in ('max_steps', 'num_gpus'):
-        if getattr(FLAGS, name) < 0:
-            raise UserError('--%s=%s: must be 0 or more' % (name, getattr(FLAGS, name)))
-    if not 0.0 < FLAGS.output_keep_prob <= 1.0:
-        raise UserError('--output_keep_prob=%s: must be in (0, 1]' % FLAGS.output_keep_prob)
-    if FLAGS.initial_learning_rate <= 0:
-        raise UserError('--initial_learning_rate=%s: must be positive' % FLAGS.initial_learning_rate)
+    utils.check_numeric_flags()
 
 
 def check_architecture(arch):
@@ -117,9 +108,7 @@ def load_architecture(directory):
 
 def save_architecture(arch, directory):
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ARCHITECTURE_FILE), 'w') as file:
-        json.dump(arch._asdict(), file, indent=2)
-        file.write('\n')
+    utils.write_atomically(os.path.join(directory, ARCHITECTURE_FILE), json.dumps(arch._asdict(), indent=2) + '\n')
 
 
 def resolve_architecture(saved, directory):
@@ -152,8 +141,16 @@ def best_checkpoint(directory):
     path = tf.train.latest_checkpoint(best_dir(directory)) if os.path.isdir(best_dir(directory)) else None
     if path is None:
         return None, None
-    with open(os.path.join(best_dir(directory), BEST_FILE)) as file:
-        return path, json.load(file)
+    record_path = os.path.join(best_dir(directory), BEST_FILE)
+    try:
+        with open(record_path) as file:
+            record = json.load(file)
+        return path, {'step': int(record['step']), 'accuracy': float(record['accuracy']), 'cer': float(record['cer'])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning('warning: %s is missing or damaged (%s); its checkpoint %s is used, its accuracy unknown',
+                    record_path, error, path)
+        step = re.search(r'-(\d+)$', path)
+        return path, {'step': int(step.group(1)) if step else -1, 'accuracy': -1.0, 'cer': float('inf')}
 
 
 def model_dir():
@@ -191,14 +188,11 @@ def restore_model(directory):
 
 def check_schedule():
     """Learning-rate schedule flags that cannot work."""
-    if FLAGS.warmup_steps < 0:
-        raise UserError('--warmup_steps=%s: must be 0 or more' % FLAGS.warmup_steps)
     if FLAGS.lr_schedule != 'piecewise':
         return
     if not FLAGS.lr_boundaries:
         raise UserError('--lr_schedule=piecewise needs --lr_boundaries, e.g. --lr_boundaries=20000,40000')
-    if not all(b.isdigit() for b in FLAGS.lr_boundaries) or \
-            [int(b) for b in FLAGS.lr_boundaries] != sorted(set(int(b) for b in FLAGS.lr_boundaries)):
+    if [int(b) for b in FLAGS.lr_boundaries] != sorted(set(int(b) for b in FLAGS.lr_boundaries)):
         raise UserError('--lr_boundaries=%s: must be increasing step numbers' % ','.join(FLAGS.lr_boundaries))
 
 
@@ -262,7 +256,7 @@ def read_all(session, reader, charset, on_batch=None):
         results['predictions'] += [charset.decode(row) for row in batch['decoded']]
         results['confidence'] += [float(value) for value in batch['confidence']]
         results['labels'] += [label.decode() for label in batch['labels']]
-        results['paths'] += [path.decode() for path in batch['paths']]
+        results['paths'] += [os.fsdecode(path) for path in batch['paths']]
         results['ok'] += list(batch['ok'])
         if on_batch:
             on_batch(len(results['paths']))
@@ -276,7 +270,8 @@ def report_validation(results, step=None):
     log.info('%svalidation accuracy %.4f, CER %.4f on %d images', where, accuracy, cer, len(labels))
     order = sorted(range(len(labels)), key=lambda i: predictions[i] == labels[i])
     for i in order[:SAMPLES_SHOWN]:
-        log.info('  %-30s label %-12s read %-12s %s', os.path.basename(results['paths'][i]), labels[i],
+        log.info('  %-30s label %-12s read %-12s %s', utils.printable_name(os.path.basename(results['paths'][i])),
+                 labels[i],
                  predictions[i], 'ok' if predictions[i] == labels[i] else 'WRONG')
     if not any(predictions):
         log.info('  every reading is empty: normal early in CTC training (the blank is learnt first); if it lasts '
@@ -330,7 +325,7 @@ def check_finite(step, fetched):
     """A non-finite loss stops training before anything is saved, naming the images whose loss it was."""
     if np.isfinite(fetched['loss']):
         return
-    bad = [os.path.basename(path.decode()) for path, loss in zip(fetched['paths'], fetched['losses'])
+    bad = [utils.printable_name(os.path.basename(path)) for path, loss in zip(fetched['paths'], fetched['losses'])
            if not np.isfinite(loss)]
     raise UserError('step %d: the loss is %s; images of the batch without a finite CTC loss (no valid path, or '
                     'diverged weights): %s. Stopped without saving; --restore continues from the last '
@@ -352,17 +347,30 @@ def init_model(directory):
     return resolve_architecture(saved, directory), checkpoint
 
 
-def initialise_from(session, checkpoint):
-    """Loads the model's weights and batch-norm statistics from a checkpoint (not its optimiser state or step);
-    a variable the checkpoint lacks or holds in another shape is an error that lists them."""
+def check_fits(checkpoint, variables, context):
+    """A checkpoint that lacks a variable of the graph, or holds one in another shape, is a UserError that lists
+    the differences (say a num_hidden edited in architecture.json), instead of TensorFlow's restore error."""
     saved = dict(tf.train.list_variables(checkpoint))
-    wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
-    problems = ['%s: not in the checkpoint' % v.op.name for v in wanted if v.op.name not in saved]
+    problems = ['%s: not in the checkpoint' % v.op.name for v in variables if v.op.name not in saved]
     problems += ['%s: %s here, %s in the checkpoint' % (v.op.name, v.shape.as_list(), saved[v.op.name])
-                 for v in wanted if v.op.name in saved and v.shape.as_list() != list(saved[v.op.name])]
+                 for v in variables if v.op.name in saved and v.shape.as_list() != list(saved[v.op.name])]
     if problems:
-        raise UserError('--init_from: %s does not fit this model (%d differences):\n  %s' % (
-            checkpoint, len(problems), '\n  '.join(utils.shorten(problems))))
+        raise UserError('%s: %s does not fit the model built %s (%d differences):\n  %s' % (
+            checkpoint, os.path.basename(checkpoint), context, len(problems), '\n  '.join(utils.shorten(problems))))
+
+
+def restore(session, checkpoint, directory):
+    """Restores every variable of the graph from a model folder's checkpoint, after check_fits."""
+    context = ('from the flags, as %s has no %s: give the flags it was trained with' % (directory, ARCHITECTURE_FILE)
+               if load_architecture(directory) is None else 'from %s' % os.path.join(directory, ARCHITECTURE_FILE))
+    check_fits(checkpoint, v1.global_variables(), context)
+    v1.train.Saver().restore(session, checkpoint)
+
+
+def initialise_from(session, checkpoint):
+    """Loads the model's weights and batch-norm statistics from a checkpoint (not its optimiser state or step)."""
+    wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
+    check_fits(checkpoint, wanted, 'for --init_from')
     v1.train.Saver({v.op.name: v for v in wanted}).restore(session, checkpoint)
     log.info('initialised the model from %s (step 0, fresh optimiser)', checkpoint)
 
@@ -389,6 +397,73 @@ def training_start():
     return resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory), None, checkpoint
 
 
+def writable_folder(directory, flag_name):
+    """Creates a folder training writes to; one that cannot be written is a UserError at start."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise UserError('--%s=%s cannot be created (%s)' % (flag_name, directory, error.strerror))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError('--%s=%s cannot be written (no write permission)' % (flag_name, directory))
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def training_lock(directory):
+    """Holds checkpoint_dir for one training: a lock file naming its host and process. A live holder on this host
+    refuses the start; the lock of a process that is gone (killed) is taken over with a warning."""
+    path, host = os.path.join(directory, LOCK_FILE), socket.gethostname()
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            with open(path) as file:
+                holder = file.read().split()
+            if len(holder) == 2 and holder[1].isdigit() and (holder[0] != host or process_alive(int(holder[1]))):
+                raise UserError('--checkpoint_dir=%s is in use by another training (process %s on %s): wait for '
+                                'it to end, or choose another --checkpoint_dir (if that process is gone, delete %s)'
+                                % (directory, holder[1], holder[0], path))
+            log.warning('warning: %s: taking over the lock of a training that is gone (%s)', path, ' '.join(holder))
+            os.remove(path)
+    with os.fdopen(descriptor, 'w') as file:
+        file.write('%s %d\n' % (host, os.getpid()))
+    try:
+        yield
+    finally:
+        os.remove(path)
+
+
+LEFTOVERS = re.compile(r'.*\.tempstate\d*|.*\.meta\.tmp.*|checkpoint\.tmp.*|\..*\.tmp|.*_temp')
+
+
+def remove_leftovers(directory):
+    """Removes what a killed training leaves in its folders: partly written files (TensorFlow's .tempstate,
+    .meta.tmp and checkpoint.tmp, this tool's .tmp) and the data files of checkpoints whose index was never
+    written."""
+    removed = []
+    for folder in (directory, best_dir(directory)):
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        for name in names:
+            orphan = re.fullmatch(r'(%s-\d+)\.data-\d+-of-\d+' % CHECKPOINT_PREFIX, name)
+            if LEFTOVERS.fullmatch(name) or (orphan and orphan.group(1) + '.index' not in names):
+                path = os.path.join(folder, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                removed.append(os.path.relpath(path, directory))
+    if removed:
+        log.warning('warning: removed what an interrupted training left in %s: %s', directory,
+                    ', '.join(utils.shorten(removed)))
+
+
 class Keeper:
     """A training's checkpoints in its folder: the rolling ones (the last 5) and the best validated model in best/
     with best.json (its step, accuracy and CER), never deleted."""
@@ -401,6 +476,7 @@ class Keeper:
 
     def resume(self, session, checkpoint):
         """Restores a checkpoint of the folder and takes over its lists of checkpoints and its best record."""
+        check_fits(checkpoint, v1.global_variables(), 'from %s' % os.path.join(self.directory, ARCHITECTURE_FILE))
         self.rolling.restore(session, checkpoint)
         self.rolling.recover_last_checkpoints(
             tf.train.get_checkpoint_state(self.directory).all_model_checkpoint_paths)
@@ -418,8 +494,7 @@ class Keeper:
         if (accuracy, -cer) > (self.best['accuracy'], -self.best['cer']):
             self.best = {'step': int(step), 'accuracy': accuracy, 'cer': cer}
             self.best_saver.save(session, os.path.join(best_dir(self.directory), CHECKPOINT_PREFIX), global_step=step)
-            with open(os.path.join(best_dir(self.directory), BEST_FILE), 'w') as file:
-                json.dump(self.best, file, indent=2)
+            utils.write_atomically(os.path.join(best_dir(self.directory), BEST_FILE), json.dumps(self.best, indent=2))
         log.info('step %d: best so far accuracy %.4f, CER %.4f at step %d', step, self.best['accuracy'],
                  self.best['cer'], self.best['step'])
 
@@ -459,6 +534,14 @@ def log_step(step, fetched, images_per_second, train_count):
 
 
 def train():
+    writable_folder(FLAGS.checkpoint_dir, 'checkpoint_dir')
+    writable_folder(FLAGS.log_dir, 'log_dir')
+    with training_lock(FLAGS.checkpoint_dir):
+        remove_leftovers(FLAGS.checkpoint_dir)
+        train_in_folder()
+
+
+def train_in_folder():
     # settings
     arch, init_checkpoint, checkpoint = training_start()
     check_schedule()
@@ -469,6 +552,9 @@ def train():
                                            shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs,
                                            augment=FLAGS.augment)
     val_data, val_count = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
+    if os.path.realpath(FLAGS.train_dir) == os.path.realpath(FLAGS.val_dir):
+        log.warning('warning: --train_dir and --val_dir are the same folder: validation measures the images the '
+                    'model trains on, not how it reads new ones')
     log.info('training on %d images of %s, validating on %d of %s; %d time steps, %d classes',
              train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
     # graph
@@ -527,12 +613,13 @@ def train():
 
 
 def validate_mode():
-    arch, checkpoint, _ = restore_model(model_dir())
+    directory = model_dir()
+    arch, checkpoint, _ = restore_model(directory)
     charset = utils.Charset(arch.charset)
     val_data, _ = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
     reader = build_reader(arch, val_data, 'val')
     with v1.Session(config=session_config()) as session:
-        v1.train.Saver().restore(session, checkpoint)
+        restore(session, checkpoint, directory)
         log.info('restored %s', checkpoint)
         results = read_all(session, reader, charset)
     accuracy, cer = report_validation(results)
@@ -540,13 +627,25 @@ def validate_mode():
     print('accuracy=%.4f cer=%.4f images=%d' % (accuracy, cer, len(results['labels'])))
 
 
+def check_infer_output(output, paths):
+    """Refuses, before any image is read, an --infer_output that cannot be written or that is one of the images."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise UserError('--infer_output=%s is a folder: name a file to write' % output)
+    if not os.path.isdir(folder):
+        raise UserError('--infer_output=%s: no such folder %s' % (output, folder))
+    if not os.access(folder, os.W_OK) or (os.path.exists(output) and not os.access(output, os.W_OK)):
+        raise UserError('--infer_output=%s cannot be written (no write permission)' % output)
+    if os.path.realpath(output) in {os.path.realpath(path) for path in paths}:
+        raise UserError('--infer_output=%s is one of the images of --infer_dir: name another file' % output)
+
+
 def infer():
-    arch, checkpoint, _ = restore_model(model_dir())
+    directory = model_dir()
+    arch, checkpoint, _ = restore_model(directory)
     charset = utils.Charset(arch.charset)
     paths = utils.list_images(FLAGS.infer_dir, 'infer_dir')
-    output_dir = os.path.dirname(os.path.abspath(FLAGS.infer_output))
-    if not os.path.isdir(output_dir):
-        raise UserError('--infer_output=%s: no such folder %s' % (FLAGS.infer_output, output_dir))
+    check_infer_output(FLAGS.infer_output, paths)
     shape = (arch.image_height, arch.image_width, arch.image_channel)
     reader = build_reader(arch, utils.image_dataset(paths, None, charset, FLAGS.batch_size, shape,
                                                     keep_unreadable=True), 'infer')
@@ -556,16 +655,17 @@ def infer():
             log.info('infer: %d/%d images', done, len(paths))
 
     with v1.Session(config=session_config()) as session:
-        v1.train.Saver().restore(session, checkpoint)
+        restore(session, checkpoint, directory)
         log.info('restored %s; reading %d images of %s', checkpoint, len(paths), FLAGS.infer_dir)
         results = read_all(session, reader, charset, progress)
-    with open(FLAGS.infer_output, 'w') as output:
-        for path, prediction, confidence, ok in zip(results['paths'], results['predictions'], results['confidence'],
-                                                    results['ok']):
-            prediction = prediction if ok else ''
-            value = utils.expression_value(prediction)
-            output.write('%s\t%s\t%s\t%s\n' % (os.path.basename(path), prediction, '' if value is None else value,
-                                                 '%.4f' % confidence if ok else ''))
+    lines = []
+    for path, prediction, confidence, ok in zip(results['paths'], results['predictions'], results['confidence'],
+                                                results['ok']):
+        prediction = prediction if ok else ''
+        value = utils.expression_value(prediction)
+        lines.append('%s\t%s\t%s\t%s\n' % (utils.printable_name(os.path.basename(path)), prediction,
+                                             '' if value is None else value, '%.4f' % confidence if ok else ''))
+    utils.write_atomically(FLAGS.infer_output, ''.join(lines))
     unreadable = results['ok'].count(False)
     log.info('wrote %d readings to %s%s', len(paths), FLAGS.infer_output,
              ' (%d unreadable images have empty readings)' % unreadable if unreadable else '')
@@ -586,10 +686,9 @@ def export():
     if latest_checkpoint(FLAGS.export_dir) and not FLAGS.overwrite:
         raise UserError('--export_dir=%s already holds a model (--overwrite replaces it)' % FLAGS.export_dir)
     images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
-    with v1.variable_scope('ocr'):
-        ocr.LSTMOCR('infer', arch).logits(images)
+    ocr.reading_graph(arch, images)
     with v1.Session() as session:
-        v1.train.Saver().restore(session, checkpoint)
+        restore(session, checkpoint, directory)
         path = v1.train.Saver(save_relative_paths=True).save(
             session, os.path.join(FLAGS.export_dir, CHECKPOINT_PREFIX), write_meta_graph=False)
     save_architecture(arch, FLAGS.export_dir)
@@ -602,9 +701,7 @@ def export():
             record = json.load(file)
     else:
         record = {}
-    with open(os.path.join(FLAGS.export_dir, EXPORT_RECORD_FILE), 'w') as file:
-        json.dump(record, file, indent=2)
-        file.write('\n')
+    utils.write_atomically(os.path.join(FLAGS.export_dir, EXPORT_RECORD_FILE), json.dumps(record, indent=2) + '\n')
     write_saved_model(arch, checkpoint, FLAGS.export_dir)
     size = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(FLAGS.export_dir)
                for name in names)
@@ -651,6 +748,11 @@ def main(argv):
         {'train': train, 'val': validate_mode, 'infer': infer, 'export': export}[FLAGS.mode]()
     except UserError as error:
         log.error('error: %s', error)
+        sys.exit(2)
+    except tf.errors.OpError as error:
+        if utils.NO_READABLE_IMAGES not in error.message:
+            raise
+        log.error('error: %s', error.message[error.message.index(utils.NO_READABLE_IMAGES):].splitlines()[0])
         sys.exit(2)
 
 

@@ -6,13 +6,34 @@ them uint8 until the graph; the model never opens a file.
 """
 import ast
 import logging
+import math
 import os
 import re
 import sys
+import tempfile
 
-import cv2
-import numpy as np
-import tensorflow as tf
+# Quiet by default: TensorFlow's C++ start-up lines (a "failed call to cuInit" on machines without a GPU reads as a
+# failure; some are printed while TensorFlow loads, before any log level applies, so the process's stderr goes to
+# /dev/null during its import) and OpenCV's own warnings beside the tool's. A TF_CPP_MIN_LOG_LEVEL the user sets
+# wins, and then nothing is hidden.
+QUIET = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('OPENCV_LOG_LEVEL', 'ERROR')
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+_stderr = os.dup(2) if QUIET else None
+try:
+    if QUIET:
+        _null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(_null, 2)
+        os.close(_null)
+    import tensorflow as tf  # noqa: E402
+finally:
+    if QUIET:
+        os.dup2(_stderr, 2)
+        os.close(_stderr)
 
 flags = tf.compat.v1.flags
 
@@ -125,6 +146,7 @@ FLAGS = flags.FLAGS
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
 MAX_NAME_BYTES = 255  # longest file name of common file systems
+NO_READABLE_IMAGES = 'not one image of this folder can be read'  # the error of a folder of unreadable files
 CACHE_BYTES = 256 * 2 ** 20  # image_dataset keeps the decoded images of a data set that fits
 
 log = logging.getLogger('ocr')
@@ -155,6 +177,59 @@ def run_app(main):
         print('error: %s' % error, file=sys.stderr)
         sys.exit(2)
     tf.compat.v1.app.run(main)
+
+
+# (flag, lowest, highest, whether the lowest itself is allowed): every numeric flag's range, checked at start.
+NUMERIC_FLAGS = [
+    ('initial_learning_rate', 0, math.inf, False), ('decay_rate', 0, 1, False), ('beta1', 0, 1, True),
+    ('beta2', 0, 1, True), ('momentum', 0, 1, True), ('leakiness', 0, 1, True), ('output_keep_prob', 0, 1, False),
+    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('image_height', 1, math.inf, True),
+    ('image_width', 1, math.inf, True), ('cnn_count', 1, math.inf, True), ('out_channels', 1, math.inf, True),
+    ('num_hidden', 1, math.inf, True), ('rnn_layers', 1, math.inf, True), ('rhn_depth', 1, math.inf, True),
+    ('batch_size', 1, math.inf, True), ('save_steps', 1, math.inf, True), ('validation_steps', 1, math.inf, True),
+    ('decay_steps', 1, math.inf, True), ('beam_width', 1, math.inf, True), ('num_epochs', 1, math.inf, True),
+    ('max_steps', 0, math.inf, True), ('num_gpus', 0, math.inf, True), ('warmup_steps', 0, math.inf, True),
+    ('max_stepsize', 0, math.inf, True), ('seed', 0, math.inf, True), ('num_images', 1, math.inf, True),
+    ('train_size', 0, math.inf, True), ('min_len', 1, math.inf, True), ('max_len', 1, math.inf, True)]
+
+
+def check_numeric_flags():
+    """Every numeric flag finite and in its range, and --lr_boundaries step numbers; else a UserError naming it."""
+    for name, low, high, low_allowed in NUMERIC_FLAGS:
+        value = getattr(FLAGS, name)
+        if not math.isfinite(value) or value < low or value > high or (value == low and not low_allowed):
+            raise UserError('--%s=%s: must be %s%s%s' % (
+                name, value, 'at least %s' % low if low_allowed else 'more than %s' % low,
+                '' if high == math.inf else ' and at most %s' % high, ' (a finite number)'
+                if not math.isfinite(value) else ''))
+    if not all(boundary.isdigit() for boundary in FLAGS.lr_boundaries):
+        raise UserError('--lr_boundaries=%s: must be step numbers, e.g. 20000,40000' % ','.join(FLAGS.lr_boundaries))
+
+
+# --- files -------------------------------------------------------------------
+
+def printable_name(name):
+    r"""A file name as result files and messages write it, on one line and without a tab: a backslash, tab, newline
+    and carriage return as \\ \t \n \r, and bytes that are not UTF-8 as \xNN."""
+    raw = os.fsencode(name)
+    escaped = raw.replace(b'\\', b'\\\\').replace(b'\t', b'\\t').replace(b'\n', b'\\n').replace(b'\r', b'\\r')
+    return escaped.decode('utf-8', 'backslashreplace')
+
+
+def write_atomically(path, text):
+    """Writes a text file whole or not at all: a temporary file in the same folder, then a rename over path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8') as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 # --- charset -----------------------------------------------------------------
@@ -228,6 +303,8 @@ def natural_key(name):
 
 def list_images(directory, flag_name):
     """Image files of a folder in natural order; a missing, empty or image-less folder is a UserError."""
+    if os.path.isfile(directory):
+        raise UserError('--%s=%s is a file, not a folder' % (flag_name, directory))
     if not os.path.isdir(directory):
         raise UserError('--%s=%s: no such folder' % (flag_name, directory))
     names = sorted(os.listdir(directory), key=natural_key)
@@ -239,7 +316,7 @@ def list_images(directory, flag_name):
         raise UserError('--%s=%s holds no images (%s)' % (flag_name, directory, '/'.join(IMAGE_EXTENSIONS)))
     if others:
         log.warning('warning: --%s=%s: ignoring %d entries that are not %s images, e.g. %s',
-                    flag_name, directory, len(others), '/'.join(IMAGE_EXTENSIONS), others[0])
+                    flag_name, directory, len(others), '/'.join(IMAGE_EXTENSIONS), printable_name(others[0]))
     return [os.path.join(directory, n) for n in images]
 
 
@@ -251,8 +328,8 @@ def list_labelled_images(directory, flag_name, charset, time_steps):
     paths = list_images(directory, flag_name)
     labels, problems = [], []
     for path in paths:
-        name = os.path.basename(path)
-        label = label_from_filename(name)
+        name = printable_name(os.path.basename(path))
+        label = label_from_filename(os.path.basename(path))
         if label is None:
             problems.append('%s: no label (expected <id>_<label>%s)' % (name, os.path.splitext(name)[1]))
         elif charset.unknown(label):
@@ -292,8 +369,7 @@ def opaque_uint8(image):
 
 def read_image(path, height, width, channels):
     """One image file -> (uint8 [height, width, channels], ok). An unreadable file gives zeros and ok=False."""
-    if isinstance(path, bytes):
-        path = path.decode()
+    path = os.fsdecode(path)
     data = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else np.zeros(0, np.uint8)
     # JPEG: decoded as OpenCV does by default, turned by its EXIF orientation; others (PNG, BMP...) as stored,
     # alpha and depth included, for opaque_uint8.
@@ -301,7 +377,7 @@ def read_image(path, height, width, channels):
     flags = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if jpeg else cv2.IMREAD_UNCHANGED
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
-        log.warning('warning: cannot read image %s', path)
+        log.warning('warning: cannot read image %s', printable_name(path))
         return np.zeros((height, width, channels), np.uint8), False
     image = opaque_uint8(image)
     if channels == 1 and image.ndim == 3:
@@ -343,7 +419,8 @@ class LabelledImages:
     """The images of a data set by number: paths and labels held in Python, each image decoded when asked for.
 
     When all the decoded images fit in cache_bytes they are kept after their first reading, so that later epochs
-    and validations read no file; label_ids are the charset classes of each label padded with -1.
+    and validations read no file; label_ids are the charset classes of each label padded with -1. An image found
+    unreadable is not read (nor warned about) again; once every image is, reading raises NO_READABLE_IMAGES.
     """
 
     def __init__(self, paths, labels, charset, shape, cache_bytes):
@@ -353,13 +430,21 @@ class LabelledImages:
         for row, label in enumerate(self.labels):
             self.label_ids[row, :len(label)] = charset.encode(label)
         self.cache = {} if len(paths) * int(np.prod(shape)) <= cache_bytes else None
+        self.unreadable = set()
 
     def image(self, index):
         """(uint8 [h, w, c], ok) of image number index, as read_image gives it."""
+        if index in self.unreadable:
+            if len(self.unreadable) == len(self.paths):
+                raise UserError('%s: %s (%d files)' % (NO_READABLE_IMAGES, os.path.dirname(self.paths[0]),
+                                                       len(self.paths)))
+            return np.zeros(self.shape, np.uint8), False
         image_ok = self.cache.get(index) if self.cache is not None else None
         if image_ok is None:
             image_ok = read_image(self.paths[index], *self.shape)
-            if self.cache is not None:
+            if not image_ok[1]:
+                self.unreadable.add(index)
+            elif self.cache is not None:
                 self.cache[index] = image_ok
         return image_ok
 
@@ -367,7 +452,7 @@ class LabelledImages:
         """image numbers [n] -> images [n, h, w, c], ok [n], paths [n], labels [n], label_ids [n, max_len]"""
         indices = [int(index) for index in indices]
         images, ok = zip(*[self.image(index) for index in indices])
-        return (np.stack(images), np.array(ok), np.array([self.paths[index].encode() for index in indices], object),
+        return (np.stack(images), np.array(ok), np.array([os.fsencode(self.paths[index]) for index in indices], object),
                 np.array([self.labels[index].encode() for index in indices], object), self.label_ids[indices])
 
 
@@ -511,16 +596,17 @@ def expression_value(text):
     if not _ARITHMETIC.fullmatch(text or ''):
         return None
     try:
-        tree = ast.parse(re.sub(r'\d+', lambda number: str(int(number.group())), text), mode='eval').body
-    except SyntaxError:
+        return _evaluate(ast.parse(re.sub(r'\d+', lambda number: str(int(number.group())), text), mode='eval').body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # malformed, too many digits, too deep
         return None
 
-    def value(node):
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATIONS:
-            left, right = value(node.left), value(node.right)
-            return None if left is None or right is None else _OPERATIONS[type(node.op)](left, right)
-        return None
 
-    return value(tree)
+def _evaluate(node):
+    """The value of a parsed expression of integers and + - *, else None."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATIONS:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        return None if left is None or right is None else _OPERATIONS[type(node.op)](left, right)
+    return None
+

@@ -160,6 +160,12 @@ def test_missing_and_empty_folders(dataset):
     ('--mode=rename', '--mode=rename: main.py runs train, val, infer or export'),
     ('--precision=fp8', 'flag --precision=fp8: value should be one of <fp32|bf16|fp16>'),
     ('--seed=x', 'flag --seed=x: invalid literal'),
+    ('--lr_boundaries=abc', '--lr_boundaries=abc: must be step numbers'),
+    ('--decay_rate=-1', '--decay_rate=-1.0: must be more than 0 and at most 1'),
+    ('--beta1=2', '--beta1=2.0: must be at least 0 and at most 1'),
+    ('--leakiness=nan', '--leakiness=nan: must be at least 0 and at most 1 (a finite number)'),
+    ('--initial_learning_rate=inf', '--initial_learning_rate=inf: must be more than 0 (a finite number)'),
+    ('--clip_norm=-1', '--clip_norm=-1.0: must be at least 0'),
 ])
 def test_bad_flags_are_named(dataset, flag, message):
     result = train(dataset, flag)

@@ -1,0 +1,188 @@
+"""Bad inputs and faults, tried as a hostile but realistic user would: every one ends in a clear message or is
+worked around with a warning, and nothing is lost. Last, trainings killed with SIGKILL at random moments."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import utils
+from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_text_images
+from test_main import folders, train, trained, trained_once  # noqa: F401  (the fixtures)
+
+ROOT = os.geteuid() == 0  # permissions do not stop root: those cases are tried by other users only
+
+
+def start_training(tmp_path, *extra):
+    """A training running in the background, as a user starts one."""
+    return subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', '--batch_size=8',
+                             '--validation_steps=3', '--save_steps=2', *SMALL_MODEL_FLAGS, *folders(tmp_path), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, seconds=120):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, 'timed out'
+        time.sleep(0.2)
+
+
+def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_taken_over(dataset):
+    first = start_training(dataset, '--max_steps=100000')
+    lock = dataset / 'checkpoint' / 'training.lock'
+    wait_for(lambda: lock.exists() or first.poll() is not None)
+    second = train(dataset, '--rnn_cell=gru')
+    assert second.returncode == 2 and 'is in use by another training (process %d' % first.pid in second.stderr
+    wait_for(lambda: (dataset / 'checkpoint' / 'checkpoint').exists())
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = train(dataset, '--restore', '--max_steps=6')
+    assert third.returncode == 0, third.stderr
+    assert 'taking over the lock of a training that is gone' in third.stderr and not lock.exists()
+
+
+def test_damaged_record_files_are_reported_and_worked_around(trained):
+    tmp_path, _ = trained
+    (tmp_path / 'checkpoint' / 'best' / 'best.json').write_text('')  # what kill -9 mid-write used to leave
+    for mode in ('val', 'infer', 'export'):
+        result = run_cli('--mode=%s' % mode, '--export_dir=%s' % (tmp_path / 'export'), *folders(tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert 'best.json is missing or damaged' in result.stderr and 'Traceback' not in result.stderr
+    (tmp_path / 'checkpoint' / 'architecture.json').write_text('{"image_height": ')
+    result = run_cli('--mode=val', *folders(tmp_path))
+    assert result.returncode == 2 and 'architecture.json is not a valid architecture file' in result.stderr
+
+
+def test_leftovers_of_a_killed_training_are_removed_at_the_next_start(trained):
+    tmp_path, _ = trained
+    checkpoint = tmp_path / 'checkpoint'
+    leftovers = ['ocr-model-9.data-00000-of-00001', 'ocr-model-4.data-00000-of-00001.tempstate123',
+                 'ocr-model-5.meta.tmp0a1b', '.best.json.x1y2.tmp']
+    for name in leftovers:
+        (checkpoint / name).write_bytes(b'')
+    result = train(tmp_path, '--restore', '--max_steps=5')
+    assert result.returncode == 0, result.stderr
+    assert 'removed what an interrupted training left' in result.stderr
+    assert not any((checkpoint / name).exists() for name in leftovers)
+    assert (checkpoint / 'ocr-model-4.data-00000-of-00001').exists()  # complete checkpoints stay
+
+
+def test_infer_output_is_checked_before_any_image_is_read(trained):
+    tmp_path, _ = trained
+    image = str(tmp_path / 'infer' / '3.png')
+    before = open(image, 'rb').read()
+    for output, message in ((tmp_path, 'is a folder'), (tmp_path / 'nowhere' / 'r.txt', 'no such folder'),
+                            (image, 'is one of the images of --infer_dir')):
+        result = run_cli('--mode=infer', *folders(tmp_path)[:-2], '--checkpoint_dir=%s' % (tmp_path / 'checkpoint'),
+                         '--infer_output=%s' % output)
+        assert result.returncode == 2 and message in result.stderr and 'infer: ' not in result.stdout
+    assert open(image, 'rb').read() == before
+
+
+@pytest.mark.skipif(ROOT, reason='root may write anywhere')
+def test_read_only_output_and_model_folders_are_refused_at_start(trained):
+    tmp_path, _ = trained
+    (tmp_path / 'locked').mkdir()
+    os.chmod(tmp_path / 'locked', 0o500)
+    result = run_cli('--mode=infer', *folders(tmp_path), '--infer_output=%s' % (tmp_path / 'locked' / 'r.txt'))
+    assert result.returncode == 2 and 'cannot be written' in result.stderr
+    result = train(tmp_path, '--checkpoint_dir=%s' % (tmp_path / 'locked'))
+    assert result.returncode == 2 and 'cannot be written' in result.stderr
+
+
+def test_a_model_folder_that_is_a_file_is_refused_at_start(dataset):
+    (dataset / 'a_file').write_text('')
+    result = train(dataset, '--checkpoint_dir=%s' % (dataset / 'a_file' / 'model'))
+    assert result.returncode == 2 and 'cannot be created' in result.stderr and 'Traceback' not in result.stderr
+    result = run_cli('--mode=infer', '--infer_dir=%s' % (dataset / 'a_file'), '--checkpoint_dir=imgs/model')
+    assert result.returncode == 2 and 'a_file is a file, not a folder' in result.stderr
+
+
+def test_names_with_tabs_newlines_and_bytes_that_are_not_utf8_give_one_line_each(trained):
+    tmp_path, _ = trained
+    odd = tmp_path / 'odd'
+    write_text_images(str(odd), ['12', '34', '56', '78'], names=['tab\there.png', 'new\nline.png', 'back\\slash.png',
+                                                                   'plain.png'])
+    os.rename(os.path.join(bytes(odd), b'plain.png'), os.path.join(bytes(odd), b'bad\xff.png'))
+    result = run_cli('--mode=infer', '--infer_dir=%s' % odd, '--checkpoint_dir=%s' % (tmp_path / 'checkpoint'),
+                     '--infer_output=%s' % (tmp_path / 'odd.txt'))
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / 'odd.txt').read_text(encoding='utf-8').split('\n')[:-1]
+    assert len(lines) == 4 and all(len(line.split('\t')) == 4 for line in lines)
+    assert sorted(line.split('\t')[0] for line in lines) == sorted(
+        ['tab\\there.png', 'new\\nline.png', 'back\\\\slash.png', 'bad\\xff.png'])
+
+
+def test_a_train_dir_of_unreadable_files_is_an_error_naming_it(dataset):
+    for path in (dataset / 'train').iterdir():
+        path.write_bytes(b'not an image')
+    result = train(dataset, '--max_steps=0')
+    assert result.returncode == 2 and 'not one image of this folder can be read: %s' % (dataset / 'train') in \
+        result.stderr
+    assert 'finished' not in result.stdout and 'Traceback' not in result.stderr
+
+
+def test_a_model_that_does_not_fit_its_architecture_is_named(trained):
+    tmp_path, _ = trained
+    architecture = tmp_path / 'checkpoint' / 'architecture.json'
+    saved = json.loads(architecture.read_text())
+    architecture.write_text(json.dumps(dict(saved, num_hidden=48)))
+    result = run_cli('--mode=val', *folders(tmp_path))
+    assert result.returncode == 2 and 'does not fit the model built from' in result.stderr
+    assert 'rnn/fw/layer_1' in result.stderr and '[48' in result.stderr and 'Traceback' not in result.stderr
+    architecture.unlink()
+    result = run_cli('--mode=infer', *folders(tmp_path))  # built from the default flags: another model
+    assert result.returncode == 2 and 'has no architecture.json: give the flags it was trained with' in result.stderr
+
+
+def test_one_folder_for_training_and_validation_is_refused_by_helper_and_warned_by_main(dataset, tmp_path):
+    labels = tmp_path / 'labels.txt'
+    labels.write_text('1+2 3\n')
+    write_text_images(str(tmp_path / 'images'), ['1+2'], names=['0.png'])
+    result = run_cli('--labels_file=%s' % labels, '--images_dir=%s' % (tmp_path / 'images'), '--train_size=1',
+                     '--train_dir=%s' % (tmp_path / 'both'), '--val_dir=%s' % (tmp_path / 'both'), script='helper.py')
+    assert result.returncode == 2 and 'is --val_dir' in result.stderr and not (tmp_path / 'both').exists()
+    result = train(dataset, '--val_dir=%s' % (dataset / 'train'), '--max_steps=1')
+    assert result.returncode == 0 and '--train_dir and --val_dir are the same folder' in result.stderr
+
+
+@pytest.mark.parametrize('text', ['1' + '+1' * 1000, '9' * 5000, '(' * 300 + '1' + ')' * 300])
+def test_expression_value_of_huge_inputs_is_none_or_a_number_never_an_error(text):
+    value = utils.expression_value(text)
+    assert value is None or value == 1001
+
+
+def test_start_up_prints_the_tools_messages_only(trained):
+    tmp_path, _ = trained
+    environment = {name: value for name, value in os.environ.items()  # as a user's shell has it: no log levels
+                   if name not in ('TF_CPP_MIN_LOG_LEVEL', 'OPENCV_LOG_LEVEL')}
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=val', *folders(tmp_path)],
+                            capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0
+    assert result.stderr == '', result.stderr
+    noisy = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=val', *folders(tmp_path)],
+                           capture_output=True, text=True, env=dict(environment, TF_CPP_MIN_LOG_LEVEL='0'),
+                           timeout=300)
+    assert noisy.returncode == 0 and noisy.stderr  # the user's level wins: TensorFlow's own lines appear
+
+
+def test_trainings_killed_at_random_moments_resume_and_their_folder_stays_readable(dataset):
+    rng = random.Random(0)
+    for attempt in range(4):
+        restore = ['--restore'] if (dataset / 'checkpoint' / 'checkpoint').exists() else []
+        process = start_training(dataset, '--max_steps=100000', *restore)
+        time.sleep(rng.uniform(4, 12))
+        process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate()
+        assert 'Traceback' not in stderr, stderr
+        for mode in ('val', 'infer'):
+            if (dataset / 'checkpoint' / 'checkpoint').exists():
+                result = run_cli('--mode=%s' % mode, *folders(dataset))
+                assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+    result = train(dataset, '--restore', '--max_steps=100000', '--num_epochs=1')
+    assert result.returncode == 0 and 'restored' in result.stdout, result.stderr
