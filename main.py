@@ -397,14 +397,16 @@ def training_start():
     return resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory), None, checkpoint
 
 
-def writable_folder(directory, flag_name):
-    """Creates a folder training writes to; one that cannot be written is a UserError at start."""
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        raise UserError('--%s=%s cannot be created (%s)' % (flag_name, directory, error.strerror))
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UserError('--%s=%s cannot be written (no write permission)' % (flag_name, directory))
+def check_writable(directory, flag_name):
+    """A folder training will write to (made when training starts) must be one that can be made and written: else
+    a UserError now, before anything is read or written."""
+    existing = os.path.abspath(directory)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError('--%s=%s cannot be created: %s is a file' % (flag_name, directory, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError('--%s=%s cannot be written (no write permission in %s)' % (flag_name, directory, existing))
 
 
 def process_alive(pid):
@@ -417,26 +419,48 @@ def process_alive(pid):
     return True
 
 
+def lock_holder(path):
+    """(host, pid, alive) of the training that holds a lock file, or None where there is none. A lock made a moment
+    ago may not hold its line yet: it is read again for up to 5 s."""
+    for _ in range(50):
+        try:
+            with open(path) as file:
+                holder = file.read().split()
+        except FileNotFoundError:
+            return None
+        if len(holder) == 2 and holder[1].isdigit():
+            host, pid = holder[0], int(holder[1])
+            return host, pid, host != socket.gethostname() or process_alive(pid)
+        time.sleep(0.1)
+    return '?', 0, False  # a lock without its line for 5 s: its writer died at once
+
+
+def check_not_in_use(directory):
+    """A folder a live training holds is a UserError that names the holder."""
+    holder = lock_holder(os.path.join(directory, LOCK_FILE))
+    if holder and holder[2]:
+        raise UserError('--checkpoint_dir=%s is in use by another training (process %d on %s): wait for it to end, '
+                        'or choose another --checkpoint_dir (if that process is gone, delete %s)' % (
+                            directory, holder[1], holder[0], os.path.join(directory, LOCK_FILE)))
+
+
 @contextlib.contextmanager
 def training_lock(directory):
-    """Holds checkpoint_dir for one training: a lock file naming its host and process. A live holder on this host
-    refuses the start; the lock of a process that is gone (killed) is taken over with a warning."""
-    path, host = os.path.join(directory, LOCK_FILE), socket.gethostname()
+    """Holds checkpoint_dir for one training: a lock file naming its host and process. A live holder refuses the
+    start; the lock of a process that is gone (killed) is taken over with a warning."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_FILE)
     while True:
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            with open(path) as file:
-                holder = file.read().split()
-            if len(holder) == 2 and holder[1].isdigit() and (holder[0] != host or process_alive(int(holder[1]))):
-                raise UserError('--checkpoint_dir=%s is in use by another training (process %s on %s): wait for '
-                                'it to end, or choose another --checkpoint_dir (if that process is gone, delete %s)'
-                                % (directory, holder[1], holder[0], path))
-            log.warning('warning: %s: taking over the lock of a training that is gone (%s)', path, ' '.join(holder))
-            os.remove(path)
+            check_not_in_use(directory)
+            log.warning('warning: %s: taking over the lock of a training that is gone', path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
     with os.fdopen(descriptor, 'w') as file:
-        file.write('%s %d\n' % (host, os.getpid()))
+        file.write('%s %d\n' % (socket.gethostname(), os.getpid()))
     try:
         yield
     finally:
@@ -534,15 +558,10 @@ def log_step(step, fetched, images_per_second, train_count):
 
 
 def train():
-    writable_folder(FLAGS.checkpoint_dir, 'checkpoint_dir')
-    writable_folder(FLAGS.log_dir, 'log_dir')
-    with training_lock(FLAGS.checkpoint_dir):
-        remove_leftovers(FLAGS.checkpoint_dir)
-        train_in_folder()
-
-
-def train_in_folder():
     # settings
+    check_writable(FLAGS.checkpoint_dir, 'checkpoint_dir')
+    check_writable(FLAGS.log_dir, 'log_dir')
+    check_not_in_use(FLAGS.checkpoint_dir)
     arch, init_checkpoint, checkpoint = training_start()
     check_schedule()
     devices = training_towers()
@@ -566,9 +585,10 @@ def train_in_folder():
     summaries = v1.summary.merge([v1.summary.scalar(name, training[name])
                                   for name in ('loss', 'rate', 'gradient_norm')])
     keeper = Keeper(FLAGS.checkpoint_dir)
-    # session and restore
-    with v1.Session(config=session_config()) as session, \
+    # session and restore, holding the folder
+    with training_lock(FLAGS.checkpoint_dir), v1.Session(config=session_config()) as session, \
             contextlib.closing(v1.summary.FileWriter(FLAGS.log_dir, session.graph)) as writer:
+        remove_leftovers(FLAGS.checkpoint_dir)
         session.run(v1.global_variables_initializer())
         if init_checkpoint:
             initialise_from(session, init_checkpoint)

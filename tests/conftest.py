@@ -39,10 +39,15 @@ def random_labels(count, charset='0123456789', min_len=2, max_len=5, seed=0):
     return [''.join(rng.choice(list(charset), rng.integers(min_len, max_len + 1))) for _ in range(count)]
 
 
+# The environment of a user's shell: without the log levels that importing utils set in this process.
+USER_ENVIRONMENT = {name: value for name, value in os.environ.items()
+                    if name not in ('TF_CPP_MIN_LOG_LEVEL', 'OPENCV_LOG_LEVEL')}
+
+
 def run_cli(*args, script='main.py', cwd=REPO):
     """Runs a script of the repository as a user does; returns the finished process (text output)."""
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=600, env=USER_ENVIRONMENT)
 
 
 def write_dataset(tmp_path):

@@ -176,7 +176,9 @@ def test_trainings_killed_at_random_moments_resume_and_their_folder_stays_readab
     for attempt in range(4):
         restore = ['--restore'] if (dataset / 'checkpoint' / 'checkpoint').exists() else []
         process = start_training(dataset, '--max_steps=100000', *restore)
-        time.sleep(rng.uniform(4, 12))
+        if not restore:  # a first checkpoint, however slow the machine, then kills at any moment
+            wait_for(lambda: (dataset / 'checkpoint' / 'checkpoint').exists() or process.poll() is not None)
+        time.sleep(rng.uniform(0, 10))
         process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate()
         assert 'Traceback' not in stderr, stderr

@@ -354,7 +354,7 @@ def test_cli_synth_contest_renderer(tmp_path):
     result = run_cli('--mode=synth', '--renderer=contest', '--out_dir=%s' % (tmp_path / 'out'), '--num_images=3',
                      '--seed=2', '--font_files=', script='helper.py')
     assert result.returncode == 0, result.stderr
-    assert 'no font of --font_files draws all of' in result.stderr and 'drawing with 1 TrueType' in result.stderr
+    assert 'no font of --font_files draws all of' in result.stderr and 'drawing with 1 TrueType' in result.stdout
     for name in os.listdir(tmp_path / 'out'):
         if name.endswith('.png'):
             label, png = helper.synth_image(CONTEST._replace(seed=2), int(utils.image_id(name)))
