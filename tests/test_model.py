@@ -37,7 +37,7 @@ def build(arch, mode):
         model = ocr.LSTMOCR(mode, arch, keep_prob=0.8)
         logits = model.logits(images)
         loss = tf.reduce_mean(model.losses(logits, label_ids))
-        return images, label_ids, logits, loss, model.decode(logits, 'greedy')
+        return images, label_ids, logits, loss, model.decode(logits, 'greedy')[0]
 
 
 def minimize(loss, opt, global_step):
@@ -138,7 +138,7 @@ def test_model_overfits_a_small_set(tmp_path):
         with v1.variable_scope('ocr', reuse=True):
             reader = ocr.LSTMOCR('val', SMALL)
             logits = reader.logits(eval_next['images'])
-            decoded = {decoder: reader.decode(logits, decoder) for decoder in ('beam', 'greedy')}
+            decoded = {decoder: reader.decode(logits, decoder)[0] for decoder in ('beam', 'greedy')}
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
             for _ in range(400):
