@@ -173,12 +173,12 @@ def test_start_up_prints_the_tools_messages_only(trained):
 
 def test_trainings_killed_at_random_moments_resume_and_their_folder_stays_readable(dataset):
     rng = random.Random(0)
-    for attempt in range(4):
+    for attempt in range(3):
         restore = ['--restore'] if (dataset / 'checkpoint' / 'checkpoint').exists() else []
         process = start_training(dataset, '--max_steps=100000', *restore)
         if not restore:  # a first checkpoint, however slow the machine, then kills at any moment
             wait_for(lambda: (dataset / 'checkpoint' / 'checkpoint').exists() or process.poll() is not None)
-        time.sleep(rng.uniform(0, 10))
+        time.sleep(rng.uniform(0, 6))
         process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate()
         assert 'Traceback' not in stderr, stderr
