@@ -160,14 +160,15 @@ def test_augmentation_changes_images_but_keeps_shape_type_and_labels(tmp_path):
     labels = random_labels(32, seed=4)
     paths = write_text_images(str(tmp_path), labels)
     with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(0)
         plain = run_dataset(utils.image_dataset(paths, labels, CHARSET, 32, (32, 96, 1)))[0]
         augmented = run_dataset(utils.image_dataset(paths, labels, CHARSET, 32, (32, 96, 1), augment=True))[0]
     assert augmented['images'].shape == plain['images'].shape and augmented['images'].dtype == np.uint8
     assert augmented['labels'].tolist() == plain['labels'].tolist()
     changed = np.abs(augmented['images'].astype(int) - plain['images']).mean(axis=(1, 2, 3)) > 1
     assert 20 <= changed.sum() < 32  # most images change, some are left as they are
-    dark = augmented['images'] < 128  # the text is still there: dark ink on white, less than half the image
-    assert (dark.mean(axis=(1, 2, 3)) > 0.01).all() and (dark.mean(axis=(1, 2, 3)) < 0.5).all()
+    # the text is still there: no image is washed out to one level (contrast is lowered, never to nothing)
+    assert (augmented['images'].reshape(32, -1).std(axis=1) > 3).all()
 
 
 def test_warp_without_changes_is_the_identity():
