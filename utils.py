@@ -60,6 +60,10 @@ flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
 flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
 flags.DEFINE_integer('decay_steps', 10000, 'the learning rate is multiplied by decay_rate every this many steps')
 flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
+flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
+                     'brightness, colour, noise) in the input pipeline; never in val or infer')
+flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
+                    'or an export such as imgs/model) at step 0 with a fresh optimiser')
 flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
                    '(0: off)')
 flags.DEFINE_string('train_dir', './imgs/train/', 'folder of <id>_<label> training images')
@@ -133,10 +137,6 @@ flags.DEFINE_enum('renderer', 'mix', ['classic', 'contest', 'mix'],
                   'noise); mix: each image one of the two at random')
 flags.DEFINE_float('blank_share', 0.0, 'helper synth: share of the images drawn without text (label empty, named '
                    '<id>_.png), to teach a model to read nothing where there is nothing')
-flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
-                     'brightness, colour, noise) in the input pipeline; never in val or infer')
-flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
-                    'or an export such as imgs/model) at step 0 with a fresh optimiser')
 flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
 flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
 flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<label>.png, else <id>.png '
