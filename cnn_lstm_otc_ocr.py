@@ -510,9 +510,12 @@ VARIABLE_OPS = ('VarHandleOp', 'VariableV2')
 
 
 def tower_placement(tower_device, variable_device):
-    """A device function for v1.device: variables on variable_device, every other op on tower_device."""
+    """A device function for v1.device: variables on variable_device (a device name, or a device function such as
+    replica_device_setter's), every other op on tower_device."""
     def place(op):
-        return variable_device if op.type in VARIABLE_OPS else tower_device
+        if op.type not in VARIABLE_OPS:
+            return tower_device
+        return variable_device(op) if callable(variable_device) else variable_device
     return place
 
 
@@ -533,9 +536,11 @@ def split_batch(batch, num_shards):
 def tower_gradients(opt, losses, batch_size):
     """(gradient, variable) pairs of one tower's share of the batch's mean loss: its images' losses [n] summed
     and divided by the image count of the whole batch, so that the towers' gradients add up to the gradient of
-    the batch mean (with equal shards, the average of the towers' mean-loss gradients)."""
+    the batch mean (with equal shards, the average of the towers' mean-loss gradients). The gradient ops take the
+    tower's device from the enclosing device function, not from the forward ops: in a cluster, colocating them
+    would tie worker ops to the ps task that holds a variable."""
     share = tf.reduce_sum(losses) / tf.cast(batch_size, losses.dtype)
-    return opt.compute_gradients(share, colocate_gradients_with_ops=True)
+    return opt.compute_gradients(share, colocate_gradients_with_ops=False)
 
 
 def add_tower_gradients(tower_gradients):
@@ -614,17 +619,22 @@ def clip_gradients(gradients, clip_norm):
     return list(zip(clipped, [variable for _, variable in gradients])), norm
 
 
-def training_graph(arch, batch, hparams, global_step, devices):
+def training_graph(arch, batch, hparams, global_step, devices, variable_device=None, replicas=0):
     """The training step on a batch {images, label_ids, ...}, one tower per device: per-image losses [b] in batch
-    order, their mean, the learning rate, the gradients' global norm and the step op's new global step. Several
-    towers keep the variables on the CPU and add up their gradients there; the batch-norm moving statistics
-    follow the first tower's shard."""
-    variable_device = '/cpu:0' if len(devices) > 1 else devices[0]
-    with tf.device(variable_device), v1.variable_scope('ocr'):
+    order, their mean, the learning rate, the gradients' global norm and the step op's new global step; and the
+    optimiser, whose replication ops the tasks of a cluster run. The variables live on variable_device (default:
+    the CPU for several towers, else the one device); several towers add up their gradients there, and the
+    batch-norm moving statistics follow the first tower's shard. replicas N >= 1: the workers of a cluster train
+    synchronously, every step applying the mean of N workers' gradients (clipped on each worker)."""
+    if variable_device is None:
+        variable_device = '/cpu:0' if len(devices) > 1 else devices[0]
+    with v1.device(variable_device), v1.variable_scope('ocr'):
         rate = learning_rate(global_step, hparams.lr_schedule, hparams.initial_learning_rate, hparams.decay_steps,
                              hparams.decay_rate, hparams.lr_boundaries, hparams.warmup_steps)
         opt = optimizer(hparams.optimizer, rate, hparams.beta1, hparams.beta2, hparams.momentum,
                         hparams.loss_scaling)
+        if replicas:
+            opt = v1.train.SyncReplicasOptimizer(opt, replicas_to_aggregate=replicas, total_num_replicas=replicas)
         tower_losses, gradients, updates = towers(arch, batch, opt, hparams.keep_prob, devices, variable_device)
         gradients, norm = clip_gradients(add_tower_gradients(gradients), hparams.clip_norm)
         step_op = apply_gradients(gradients, opt, global_step, updates)
@@ -632,4 +642,41 @@ def training_graph(arch, batch, hparams, global_step, devices):
     with tf.control_dependencies([step_op]):
         next_step = global_step.read_value()
     return {'losses': losses, 'loss': tf.reduce_mean(losses), 'rate': rate, 'gradient_norm': norm,
-            'step': next_step}
+            'step': next_step}, opt
+
+
+# --- replication -------------------------------------------------------------
+# Between-graph replication on TensorFlow's gRPC runtime: every worker task builds the training graph under
+# replica_device_setter, which puts the variables on the parameter-server (ps) tasks and every other op on the
+# worker; a SyncReplicasOptimizer on the ps aggregates the workers' gradients into each step. The chief worker
+# initialises the model and tells the other tasks, through the ops below, when it is ready and when training ends.
+
+def replica_devices(cluster, task_device):
+    """A device function: variables round-robin on the ps tasks of cluster ({job: [address]}), every other op on
+    task_device ('/job:worker/task:1')."""
+    return v1.train.replica_device_setter(worker_device=task_device, cluster=cluster)
+
+
+def cluster_variables():
+    """Two variables on ps task 0 outside every collection, so neither initialised with the model nor saved: the
+    model's architecture as JSON, which the chief sets once it has initialised or restored the model (the other
+    workers wait for it), and whether the chief has ended the training."""
+    with tf.device('/job:ps/task:0'):
+        architecture = v1.get_variable('cluster_architecture', initializer=tf.constant(''), trainable=False,
+                                       collections=[])
+        finished = v1.get_variable('cluster_finished', initializer=tf.constant(False), trainable=False,
+                                   collections=[])
+    return architecture, finished
+
+
+def ps_exit_queue(ps_index):
+    """The queue, on ps task ps_index, that the chief puts one item in when the ps task may exit."""
+    with tf.device('/job:ps/task:%d' % ps_index):
+        return tf.queue.FIFOQueue(1, tf.int32, shapes=[[]], shared_name='ps_exit_%d' % ps_index,
+                                  name='ps_exit_%d' % ps_index)
+
+
+def workers_done_queue(replicas):
+    """The queue, on ps task 0, that every worker but the chief puts its replica index in when it has finished."""
+    with tf.device('/job:ps/task:0'):
+        return tf.queue.FIFOQueue(replicas, tf.int32, shapes=[[]], shared_name='workers_done', name='workers_done')

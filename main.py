@@ -32,6 +32,7 @@ BEST_DIR = 'best'
 BEST_FILE = 'best.json'
 EXPORT_RECORD_FILE = 'model.json'
 LOCK_FILE = 'training.lock'
+CLUSTER_FILE = 'cluster.json'
 # The contest model that ships with the tool (README: the shipped model), used while ./checkpoint/ is empty.
 SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imgs', 'model')
 LOG_EVERY_STEPS = 10
@@ -75,13 +76,14 @@ def tower_devices():
     return ['/%s:%d' % (FLAGS.tower_device, index) for index in range(FLAGS.num_gpus)]
 
 
-def training_towers():
-    """The tower devices of training, between which --batch_size must split evenly."""
+def training_towers(task=None):
+    """The tower devices of training, between which --batch_size must split evenly; in a cluster, those of this
+    worker task."""
     devices = tower_devices()
     if FLAGS.batch_size % len(devices):
         raise UserError('--batch_size=%d does not split evenly between --num_gpus=%d towers: use a multiple of %d'
                         % (FLAGS.batch_size, FLAGS.num_gpus, FLAGS.num_gpus))
-    return devices
+    return [task.device + device for device in devices] if task else devices
 
 
 def model_device():
@@ -290,8 +292,15 @@ def report_coverage(results, thresholds=COVERAGE_THRESHOLDS):
                  '%6.2f%%' % (100 * sum(kept) / len(kept)) if kept else '     -')
 
 
-def labelled_set(directory, flag_name, arch, charset, batch_size, **options):
+def labelled_set(directory, flag_name, arch, charset, batch_size, shard=(0, 1), **options):
+    """A folder's labelled images as batches, and their count; shard (index, count): every count-th image from
+    the index-th, a cluster worker's share."""
     paths, labels = utils.list_labelled_images(directory, flag_name, charset, ocr.time_steps(arch))
+    index, count = shard
+    if len(paths) < count:
+        raise UserError('--%s=%s holds %d images, fewer than the %d workers of the cluster' % (
+            flag_name, directory, len(paths), count))
+    paths, labels = paths[index::count], labels[index::count]
     shape = (arch.image_height, arch.image_width, arch.image_channel)
     return utils.image_dataset(paths, labels, charset, batch_size, shape, **options), len(paths)
 
@@ -375,26 +384,40 @@ def initialise_from(session, checkpoint):
     log.info('initialised the model from %s (step 0, fresh optimiser)', checkpoint)
 
 
-def training_start():
+def training_start(task=None):
     """Architecture, the checkpoint to resume (--restore) and the one to start from (--init_from) of a training,
-    after refusing combinations that would lose or mix models."""
+    after refusing combinations that would lose or mix models. A cluster's chief started again resumes its
+    cluster's training without --restore: a launcher restarts it with the command it first ran."""
     directory = FLAGS.checkpoint_dir
     checkpoint = latest_checkpoint(directory)
+    restarted = task is not None and checkpoint is not None and saved_cluster(directory) == task.cluster
+    if restarted:
+        log.info('%s holds a checkpoint of this cluster\'s training: the chief resumes it', directory)
     if FLAGS.restore and FLAGS.init_from:
         raise UserError('--restore continues a training, --init_from starts a new one from a model: choose one')
     if FLAGS.restore and checkpoint is None:
         raise UserError('--restore: no checkpoint in --checkpoint_dir=%s' % FLAGS.checkpoint_dir)
-    if FLAGS.restore and 'global_step' not in dict(tf.train.list_variables(checkpoint)):
+    restore = FLAGS.restore or restarted
+    if restore and 'global_step' not in dict(tf.train.list_variables(checkpoint)):
         raise UserError('--restore: --checkpoint_dir=%s holds an exported model (no step or optimiser state) that '
                         'cannot be continued: start a new training from it with --init_from=%s' % (
                             directory, directory))
-    if not FLAGS.restore and (checkpoint or best_checkpoint(directory)[0]):
+    if not restore and (checkpoint or best_checkpoint(directory)[0]):
         raise UserError('--checkpoint_dir=%s already holds a trained model: pass --restore to continue training '
                         'it, or choose another --checkpoint_dir' % FLAGS.checkpoint_dir)
-    if FLAGS.init_from:
+    if FLAGS.init_from and not restarted:
         arch, init_checkpoint = init_model(FLAGS.init_from)
         return arch, init_checkpoint, None
-    return resolve_architecture(load_architecture(directory) if FLAGS.restore else None, directory), None, checkpoint
+    return resolve_architecture(load_architecture(directory) if restore else None, directory), None, checkpoint
+
+
+def saved_cluster(directory):
+    """The cluster {job: [address]} that trained the model of a folder, or None."""
+    try:
+        with open(os.path.join(directory, CLUSTER_FILE)) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
 
 
 def check_writable(directory, flag_name):
@@ -430,7 +453,8 @@ def lock_holder(path):
             return None
         if len(holder) == 2 and holder[1].isdigit():
             host, pid = holder[0], int(holder[1])
-            return host, pid, host != socket.gethostname() or process_alive(pid)
+            here = host == socket.gethostname()
+            return host, pid, not here or (pid != os.getpid() and process_alive(pid))
         time.sleep(0.1)
     return '?', 0, False  # a lock without its line for 5 s: its writer died at once
 
@@ -557,19 +581,30 @@ def log_step(step, fetched, images_per_second, train_count):
              images_per_second)
 
 
+def passed(before, step, every):
+    """Whether the global step went past a multiple of every (in a cluster it can skip or repeat a step)."""
+    return step // every > before // every
+
+
 def train():
+    task = utils.cluster_task()
+    if task and task.job == 'ps':
+        return serve_variables(task)
+    server = join_cluster(task) if task else None
+    if task and not task.is_chief:
+        return follow_chief(task, server)
     # settings
     check_writable(FLAGS.checkpoint_dir, 'checkpoint_dir')
     check_writable(FLAGS.log_dir, 'log_dir')
     check_not_in_use(FLAGS.checkpoint_dir)
-    arch, init_checkpoint, checkpoint = training_start()
+    arch, init_checkpoint, checkpoint = training_start(task)
     check_schedule()
-    devices = training_towers()
+    devices = training_towers(task)
     charset = utils.Charset(arch.charset)
     # data
     train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
-                                           shuffle=True, seed=FLAGS.seed, repeat=FLAGS.num_epochs,
-                                           augment=FLAGS.augment)
+                                           shard=shard(task), shuffle=True, seed=FLAGS.seed,
+                                           repeat=FLAGS.num_epochs, augment=FLAGS.augment)
     val_data, val_count = labelled_set(FLAGS.val_dir, 'val_dir', arch, charset, FLAGS.batch_size)
     if os.path.realpath(FLAGS.train_dir) == os.path.realpath(FLAGS.val_dir):
         log.warning('warning: --train_dir and --val_dir are the same folder: validation measures the images the '
@@ -578,58 +613,287 @@ def train():
              train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
     # graph
     v1.set_random_seed(FLAGS.seed)
-    global_step = v1.train.get_or_create_global_step()
-    batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
-    training = dict(ocr.training_graph(arch, batch, hyperparameters(), global_step, devices), paths=batch['paths'])
-    validator = build_reader(arch, val_data, 'val')
-    summaries = v1.summary.merge([v1.summary.scalar(name, training[name])
-                                  for name in ('loss', 'rate', 'gradient_norm')])
-    keeper = Keeper(FLAGS.checkpoint_dir)
-    # session and restore, holding the folder
-    with training_lock(FLAGS.checkpoint_dir), v1.Session(config=session_config()) as session, \
-            contextlib.closing(v1.summary.FileWriter(FLAGS.log_dir, session.graph)) as writer:
+    with placement(task):
+        global_step = v1.train.get_or_create_global_step()
+        batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
+        training, opt = training_graph(arch, batch, global_step, devices, task)
+        training['paths'] = batch['paths']
+        validator = build_reader(arch, val_data, 'val')
+        summaries = v1.summary.merge([v1.summary.scalar(name, training[name])
+                                      for name in ('loss', 'rate', 'gradient_norm')])
+        keeper = Keeper(FLAGS.checkpoint_dir)
+        replication = Replication(task, opt) if task else None
+
+    def start(session):
+        """Initialises the model, or loads it (--init_from) or resumes it (--restore)."""
         remove_leftovers(FLAGS.checkpoint_dir)
         session.run(v1.global_variables_initializer())
-        if init_checkpoint:
-            initialise_from(session, init_checkpoint)
-        if checkpoint:
-            keeper.resume(session, checkpoint)
-            log.info('restored %s at step %d', checkpoint, session.run(global_step))
+        with placement(task):
+            if init_checkpoint:
+                initialise_from(session, init_checkpoint)
+            if checkpoint:
+                keeper.resume(session, checkpoint)
+                log.info('restored %s at step %d', checkpoint, session.run(global_step))
+
+    # session and restore, holding the folder
+    with training_lock(FLAGS.checkpoint_dir), \
+            (replication.chief_session(server, start, arch) if task else plain_session(start)) as session, \
+            contextlib.closing(v1.summary.FileWriter(FLAGS.log_dir, session.graph)) as writer:
         save_architecture(arch, FLAGS.checkpoint_dir)
+        if task:
+            utils.write_atomically(os.path.join(FLAGS.checkpoint_dir, CLUSTER_FILE), json.dumps(task.cluster) + '\n')
         step = saved_step = validated_step = session.run(global_step)
-        if FLAGS.max_steps and step >= FLAGS.max_steps:
-            log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
-            return
         # loop
-        first_step, timer_start, timer_step = step + 1, time.time(), step
+        first_step, timer_start, timer_runs = step + 1, time.time(), 0
         interrupted = stop_on_ctrl_c()
         try:
             while (not FLAGS.max_steps or step < FLAGS.max_steps) and not interrupted:
                 fetched, summary = session.run([training, summaries])
-                step = fetched['step']
+                before, step, timer_runs = step, fetched['step'], timer_runs + 1
                 check_finite(step, fetched)
-                if step % LOG_EVERY_STEPS == 0 or step in (first_step, FLAGS.max_steps):
-                    log_step(step, fetched, (step - timer_step) * FLAGS.batch_size / (time.time() - timer_start),
-                             train_count)
+                if passed(before, step, LOG_EVERY_STEPS) or step != before and step in (first_step, FLAGS.max_steps):
+                    log_step(step, fetched, timer_runs * FLAGS.batch_size / (time.time() - timer_start), train_count)
                     writer.add_summary(summary, step)
-                    timer_start, timer_step = time.time(), step
-                if step % FLAGS.validation_steps == 0:
+                    timer_start, timer_runs = time.time(), 0
+                if passed(before, step, FLAGS.validation_steps):
                     validate(session, validator, charset, writer, keeper, step)
                     validated_step = step
-                if step % FLAGS.save_steps == 0:
+                if passed(before, step, FLAGS.save_steps):
                     keeper.save(session, step)
                     saved_step = step
                 if step in (validated_step, saved_step):
-                    timer_start, timer_step = time.time(), step  # images/s counts training steps only
+                    timer_start, timer_runs = time.time(), 0  # images/s counts training steps only
         except tf.errors.OutOfRangeError:
             log.info('finished --num_epochs=%d', FLAGS.num_epochs)
         # save
         if interrupted:
             log.info('interrupted at step %d', step)
+        if FLAGS.max_steps and first_step > FLAGS.max_steps:
+            log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
         if step != saved_step:
             keeper.save(session, step)
         if step != validated_step and not interrupted:
             validate(session, validator, charset, writer, keeper, step)
+        if replication:
+            replication.end(session)
+
+
+@contextlib.contextmanager
+def plain_session(start):
+    """The session of a training in one process, started."""
+    with v1.Session(config=session_config()) as session:
+        start(session)
+        yield session
+
+
+def training_graph(arch, batch, global_step, devices, task):
+    """ocr.training_graph with the flags' hyperparameters, the variables on the ps tasks of a cluster, and its
+    workers synchronised by --sync_replicas."""
+    if task is None:
+        return ocr.training_graph(arch, batch, hyperparameters(), global_step, devices)
+    return ocr.training_graph(arch, batch, hyperparameters(), global_step, devices,
+                              ocr.replica_devices(task.cluster, task.device),
+                              task.replicas if FLAGS.sync_replicas else 0)
+
+
+# --- training on a cluster ------------------------------------------------------
+# TensorFlow 1.x between-graph replication (utils.ClusterTask says which task this process is): ps tasks hold the
+# variables; every worker builds the training graph and trains on its shard of train_dir; the chief, one of them,
+# also initialises or restores the model, validates, writes checkpoint_dir and ends the training.
+
+CLUSTER = []  # (task, gRPC server) of this process when it is a task of a cluster: TensorFlow cannot stop a server
+
+
+def shard(task):
+    """(index, count) of the share of train_dir this process trains on."""
+    return (task.replica_index, task.replicas) if task else (0, 1)
+
+
+def placement(task):
+    """The device scope of a cluster task's graph: variables on the ps tasks, every other op on this task."""
+    return v1.device(ocr.replica_devices(task.cluster, task.device)) if task else contextlib.nullcontext()
+
+
+def cluster_config(task):
+    """session_config(), seeing only this task and the ps tasks (a worker that is down does not hold others up)."""
+    config = session_config()
+    config.device_filters.extend([task.device] + (['/job:ps'] if task.job != 'ps' else []))
+    return config
+
+
+def start_server(task):
+    """This task's gRPC server; a port already in use here is a UserError (gRPC would share it silently)."""
+    port = int(task.address.rpartition(':')[2])
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(('', port))
+        except OSError as error:
+            raise UserError('%s: port %d is in use on this machine (%s)' % (task, port, error.strerror))
+    try:
+        CLUSTER.append((task, tf.distribute.Server(tf.train.ClusterSpec(task.cluster), job_name=task.job,
+                                                   task_index=task.index, config=cluster_config(task))))
+    except tf.errors.OpError as error:
+        raise UserError('%s: cannot start its server: %s' % (task, error.message))
+    return CLUSTER[0][1]
+
+
+def wait_for_ps_tasks(task):
+    """Waits up to --cluster_timeout seconds for every ps task to accept connections; a UserError names the first
+    that does not."""
+    deadline = time.time() + FLAGS.cluster_timeout
+    for index, address in enumerate(task.cluster['ps']):
+        host, _, port = address.rpartition(':')
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                break
+            except OSError as error:
+                if time.time() > deadline:
+                    raise UserError('%s: ps task %d at %s cannot be reached after --cluster_timeout=%d s (%s): is it '
+                                    'started, and is its address right?' % (task, index, address,
+                                                                           FLAGS.cluster_timeout, error))
+                time.sleep(0.5)
+
+
+def join_cluster(task):
+    """A worker's server, once the ps tasks can be reached."""
+    server = start_server(task)
+    wait_for_ps_tasks(task)
+    log.info('%s: %d ps task(s), %d workers, %s training', task, len(task.cluster['ps']), task.replicas,
+             'synchronous' if FLAGS.sync_replicas else 'asynchronous')
+    return server
+
+
+def serve_variables(task):
+    """A ps task: serves its share of the variables until the chief ends the training, then returns (exit 0)."""
+    server = start_server(task)
+    log.info('%s: serving variables until the chief ends the training', task)
+    with tf.Graph().as_default():
+        exit_signal = ocr.ps_exit_queue(task.index).dequeue()
+        with v1.Session(server.target, config=cluster_config(task)) as session:
+            session.run(exit_signal)
+    log.info('%s: the chief has ended the training', task)
+
+
+def architecture_from_chief(task, server):
+    """The model architecture the chief trains, once it has initialised the model (waiting --cluster_timeout)."""
+    with tf.Graph().as_default():
+        architecture, _ = ocr.cluster_variables()
+        uninitialised = v1.report_uninitialized_variables([architecture])
+        with v1.Session(server.target, config=cluster_config(task)) as session:
+            deadline = time.time() + FLAGS.cluster_timeout
+            while session.run(uninitialised).size:
+                if time.time() > deadline:
+                    raise UserError('%s: the chief has not initialised the model after --cluster_timeout=%d s: is '
+                                    'it started?' % (task, FLAGS.cluster_timeout))
+                time.sleep(0.5)
+            return ocr.Architecture(**json.loads(session.run(architecture)))
+
+
+class Replication:
+    """The ops by which the tasks of a cluster keep in step, built in a worker's graph: the chief publishes the
+    architecture and, with --sync_replicas, hands out the SyncReplicasOptimizer's step tokens; at the end it tells
+    the workers, waits for them, and lets the ps tasks exit."""
+
+    def __init__(self, task, opt):
+        self.task = task
+        self.architecture, self.finished = ocr.cluster_variables()
+        self.sync = opt if FLAGS.sync_replicas else None
+        ready = v1.report_uninitialized_variables(v1.global_variables() + [self.architecture, self.finished])
+        if self.sync:
+            local_init = opt.chief_init_op if task.is_chief else opt.local_step_init_op
+            ready_for_local_init = opt.ready_for_local_init_op  # the model's variables initialised
+            self.first_tokens, self.wake_workers = opt.get_init_tokens_op(), opt.get_init_tokens_op(task.replicas)
+            self.token_runner = opt.get_chief_queue_runner()
+        else:
+            local_init, ready_for_local_init = None, None
+        self.manager = v1.train.SessionManager(local_init_op=local_init, ready_op=ready,
+                                               ready_for_local_init_op=ready_for_local_init, recovery_wait_secs=1)
+        self.published = tf.constant('')
+        self.publish = [self.finished.initializer, self.architecture.assign(self.published)]
+        self.finish = self.finished.assign(True)
+        done = ocr.workers_done_queue(task.replicas)
+        self.report_done, self.take_done = done.enqueue(task.replica_index), done.dequeue()
+        self.ps_exits = [ocr.ps_exit_queue(index).enqueue(0) for index in range(len(task.cluster['ps']))]
+        self.coordinator = v1.train.Coordinator()
+
+    @contextlib.contextmanager
+    def chief_session(self, server, start, arch):
+        """The chief's session: start() initialises or restores the model, then the workers get its architecture
+        and, with --sync_replicas, the first step tokens."""
+        def start_and_publish(session):
+            start(session)
+            session.run(self.publish, {self.published: json.dumps(arch._asdict())})
+
+        session = self.manager.prepare_session(server.target, init_fn=start_and_publish,
+                                               config=cluster_config(self.task))
+        if self.sync:
+            session.run(self.first_tokens)
+            self.token_runner.create_threads(session, coord=self.coordinator, daemon=True, start=True)
+        yield session  # after an error, no close: a task that is gone would hold it up (main() ends the process)
+        self.coordinator.request_stop()
+        session.close()
+
+    def worker_session(self, server):
+        """A worker's session, once the chief has initialised the model (waiting --cluster_timeout)."""
+        try:
+            return self.manager.wait_for_session(server.target, config=cluster_config(self.task),
+                                                 max_wait_secs=FLAGS.cluster_timeout)
+        except tf.errors.DeadlineExceededError:
+            raise UserError('%s: the chief has not initialised the model after --cluster_timeout=%d s' % (
+                self.task, FLAGS.cluster_timeout))
+
+    def end(self, session):
+        """The chief's last act: tells the workers training has ended, waits (--cluster_timeout) for them to say
+        they have stopped, then lets the ps tasks exit."""
+        session.run(self.finish)
+        if self.sync:
+            session.run(self.wake_workers)  # a worker waiting for a step token gets one, and sees the end
+        deadline = time.time() + FLAGS.cluster_timeout
+        for _ in range(self.task.replicas - 1):
+            try:
+                timeout = max(1, int(1000 * (deadline - time.time())))
+                session.run(self.take_done, options=v1.RunOptions(timeout_in_ms=timeout))
+            except tf.errors.DeadlineExceededError:
+                log.warning('warning: not every worker reported its end within --cluster_timeout=%d s',
+                            FLAGS.cluster_timeout)
+                break
+        session.run(self.ps_exits)
+        log.info('%s: training ended; the ps tasks may exit', self.task)
+
+
+def follow_chief(task, server):
+    """A worker other than the chief: trains on its shard of train_dir, in step with the others, until the chief
+    ends the training. It writes nothing."""
+    arch = architecture_from_chief(task, server)
+    devices = training_towers(task)
+    charset = utils.Charset(arch.charset)
+    train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size,
+                                           shard=shard(task), shuffle=True, seed=FLAGS.seed + task.replica_index,
+                                           repeat=FLAGS.num_epochs, augment=FLAGS.augment)
+    log.info('%s: training on %d images of %s', task, train_count, FLAGS.train_dir)
+    v1.set_random_seed(FLAGS.seed + task.replica_index)
+    with placement(task):
+        global_step = v1.train.get_or_create_global_step()
+        batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
+        training, opt = training_graph(arch, batch, global_step, devices, task)
+        replication = Replication(task, opt)
+    session = replication.worker_session(server)
+    step, finished, timer_start, timer_runs = session.run(global_step), False, time.time(), 0
+    try:
+        while (not FLAGS.max_steps or step < FLAGS.max_steps) and not finished:
+            fetched = session.run(training)
+            before, step, timer_runs = step, fetched['step'], timer_runs + 1
+            finished = session.run(replication.finished)
+            if passed(before, step, LOG_EVERY_STEPS):
+                log_step(step, fetched, timer_runs * FLAGS.batch_size / (time.time() - timer_start), train_count)
+                timer_start, timer_runs = time.time(), 0
+    except tf.errors.OutOfRangeError:
+        log.info('%s: finished --num_epochs=%d of its shard', task, FLAGS.num_epochs)
+    session.run(replication.report_done)
+    session.close()  # only now: after an error, a task that is gone would hold it up (main() ends the process)
+    log.info('%s: stopped at step %d', task, step)
 
 
 def validate_mode():
@@ -768,12 +1032,31 @@ def main(argv):
         {'train': train, 'val': validate_mode, 'infer': infer, 'export': export}[FLAGS.mode]()
     except UserError as error:
         log.error('error: %s', error)
-        sys.exit(2)
+        end(2)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
+        if not CLUSTER:
+            raise
+        own = (CLUSTER[0][0].job, str(CLUSTER[0][0].index))
+        gone = [task for task in re.findall(r'/job:(\w+)/replica:\d+/task:(\d+)', error.message) if task != own]
+        log.error('error: %s is gone: training cannot go on. Start any ps task again, then the chief (it resumes '
+                  'from its last checkpoint), then the workers', '%s task %s' % gone[0] if gone else
+                  'a task of the cluster')
+        end(1)
     except tf.errors.OpError as error:
         if utils.NO_READABLE_IMAGES not in error.message:
             raise
         log.error('error: %s', error.message[error.message.index(utils.NO_READABLE_IMAGES):].splitlines()[0])
-        sys.exit(2)
+        end(2)
+
+
+def end(code):
+    """Exits with an error code; a cluster task at once, since threads of its session may wait on a task that is
+    gone and hold up the interpreter's exit."""
+    if CLUSTER:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ from `<id>_<label>.<ext>` files into a streaming `tf.data` pipeline that keeps
 them uint8 until the graph; the model never opens a file.
 """
 import ast
+import json
 import logging
 import math
 import os
@@ -104,6 +105,16 @@ flags.DEFINE_enum('lr_schedule', 'exponential', ['exponential', 'cosine', 'piece
 flags.DEFINE_list('lr_boundaries', [], 'piecewise schedule: steps at which the learning rate drops, e.g. 20000,40000')
 flags.DEFINE_integer('warmup_steps', 0, 'raise the learning rate linearly from 0 over this many first steps')
 
+# Training on a cluster (TensorFlow's distributed runtime); TF_CONFIG describes it as well.
+flags.DEFINE_list('ps_hosts', [], 'train on a cluster: host:port of every parameter-server task, e.g. ps0:2222')
+flags.DEFINE_list('worker_hosts', [], 'train on a cluster: host:port of every worker task; worker 0 is the chief')
+flags.DEFINE_string('job_name', '', 'train on a cluster: the job of this process, ps or worker')
+flags.DEFINE_integer('task_index', 0, 'train on a cluster: the index of this process in its job')
+flags.DEFINE_boolean('sync_replicas', True, 'train on a cluster: every step applies the mean gradient of one batch '
+                     'of every worker (synchronous); --nosync_replicas: each worker applies its own (asynchronous)')
+flags.DEFINE_integer('cluster_timeout', 300, 'train on a cluster: seconds to wait for the other tasks to be '
+                     'reachable (and for the chief to initialise the model) before giving up')
+
 # RNN variants.
 flags.DEFINE_enum('rnn_cell', 'lstm', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'],
                   'RNN cell: LSTM, GRU, highway LSTM, recurrent highway network or nested LSTM')
@@ -190,7 +201,8 @@ NUMERIC_FLAGS = [
     ('decay_steps', 1, math.inf, True), ('beam_width', 1, math.inf, True), ('num_epochs', 1, math.inf, True),
     ('max_steps', 0, math.inf, True), ('num_gpus', 0, math.inf, True), ('warmup_steps', 0, math.inf, True),
     ('max_stepsize', 0, math.inf, True), ('seed', 0, math.inf, True), ('num_images', 1, math.inf, True),
-    ('train_size', 0, math.inf, True), ('min_len', 1, math.inf, True), ('max_len', 1, math.inf, True)]
+    ('train_size', 0, math.inf, True), ('min_len', 1, math.inf, True), ('max_len', 1, math.inf, True),
+    ('task_index', 0, math.inf, True), ('cluster_timeout', 1, math.inf, True)]
 
 
 def check_numeric_flags():
@@ -204,6 +216,100 @@ def check_numeric_flags():
                 if not math.isfinite(value) else ''))
     if not all(boundary.isdigit() for boundary in FLAGS.lr_boundaries):
         raise UserError('--lr_boundaries=%s: must be step numbers, e.g. 20000,40000' % ','.join(FLAGS.lr_boundaries))
+
+
+# --- the cluster ---------------------------------------------------------------
+
+CLUSTER_JOBS = ('chief', 'worker', 'ps')
+
+
+class ClusterTask:
+    """This process's task in a training cluster: cluster {job: ['host:port', ...]}, its job and index. The
+    chief job's task, or worker 0 where there is no chief job, is the chief; chief and workers are the replicas
+    that train, numbered chief first."""
+
+    def __init__(self, cluster, job, index, source):
+        self.cluster, self.job, self.index = cluster, job, index
+        self.replica_jobs = [('chief', 0)] * len(cluster.get('chief', [])) + [
+            ('worker', i) for i in range(len(cluster.get('worker', [])))]
+        self.check(source)
+
+    def check(self, source):
+        if self.job not in CLUSTER_JOBS:
+            raise UserError('%s: task type %r: main.py runs the tasks chief, worker and ps' % (source, self.job))
+        if not self.cluster.get('ps') or not self.replica_jobs:
+            raise UserError('%s: a cluster needs at least one ps task and one worker task: %s' % (
+                source, json.dumps(self.cluster)))
+        if len(self.cluster.get('chief', [])) > 1:
+            raise UserError('%s: a cluster has at most one chief task, not %d' % (source, len(self.cluster['chief'])))
+        if not 0 <= self.index < len(self.cluster.get(self.job, [])):
+            raise UserError('%s: task %s %d, but the cluster has %d %s task(s)' % (
+                source, self.job, self.index, len(self.cluster.get(self.job, [])), self.job))
+        for job, addresses in self.cluster.items():
+            for address in addresses:
+                host, _, port = str(address).rpartition(':')
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise UserError('%s: %s task address %r: must be host:port' % (source, job, address))
+
+    @property
+    def device(self):
+        return '/job:%s/task:%d' % (self.job, self.index)
+
+    @property
+    def address(self):
+        return self.cluster[self.job][self.index]
+
+    @property
+    def is_chief(self):
+        return self.replica_jobs[0] == (self.job, self.index)
+
+    @property
+    def replicas(self):
+        return len(self.replica_jobs)
+
+    @property
+    def replica_index(self):
+        """Which shard of train_dir this worker reads (chief: 0)."""
+        return self.replica_jobs.index((self.job, self.index))
+
+    def __str__(self):
+        return '%s %d of the cluster (%s)' % (self.job, self.index, self.address)
+
+
+def cluster_task():
+    """This process's ClusterTask, from TF_CONFIG or from --ps_hosts, --worker_hosts, --job_name and --task_index;
+    None when neither describes a cluster (training in one process)."""
+    from_flags = FLAGS.ps_hosts or FLAGS.worker_hosts or FLAGS.job_name
+    if os.environ.get('TF_CONFIG') and from_flags:
+        raise UserError('both TF_CONFIG and --ps_hosts/--worker_hosts/--job_name describe a cluster: use one')
+    if os.environ.get('TF_CONFIG'):
+        return task_from_tf_config(os.environ['TF_CONFIG'])
+    if not from_flags:
+        return None
+    if not (FLAGS.ps_hosts and FLAGS.worker_hosts and FLAGS.job_name):
+        raise UserError('a cluster needs --ps_hosts, --worker_hosts and --job_name (given: %s)' % ', '.join(
+            '--%s' % name for name in ('ps_hosts', 'worker_hosts', 'job_name') if FLAGS[name].value))
+    if FLAGS.job_name not in ('ps', 'worker'):
+        raise UserError('--job_name=%s: must be ps or worker' % FLAGS.job_name)
+    return ClusterTask({'ps': FLAGS.ps_hosts, 'worker': FLAGS.worker_hosts}, FLAGS.job_name, FLAGS.task_index,
+                       '--ps_hosts, --worker_hosts, --job_name, --task_index')
+
+
+def task_from_tf_config(text):
+    """The ClusterTask of a TF_CONFIG value: {"cluster": {"ps": [...], "worker": [...], "chief": [...]},
+    "task": {"type": "worker", "index": 0}}."""
+    try:
+        config = json.loads(text)
+        cluster = {job: list(addresses) for job, addresses in config['cluster'].items()}
+        task = config['task']
+        job, index = task['type'], int(task.get('index', 0))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise UserError('TF_CONFIG is not a cluster description {"cluster": {...}, "task": {"type": ..., "index": '
+                        '...}}: %s (%s: %s)' % (text[:200], type(error).__name__, error))
+    unknown = sorted(set(cluster) - set(CLUSTER_JOBS))
+    if unknown:
+        raise UserError('TF_CONFIG: job(s) %s: main.py runs the tasks chief, worker and ps' % ', '.join(unknown))
+    return ClusterTask(cluster, job, index, 'TF_CONFIG')
 
 
 # --- files -------------------------------------------------------------------

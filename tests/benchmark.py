@@ -11,7 +11,10 @@ At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_siz
   pipeline  training images/s fed by main.py's input pipeline from an image folder, and the time a step waits in
             the iterator for its batch (from traced steps);
   startup   seconds from starting `main.py --mode=train` on a generated 100k-image folder to its first step, and
-            the peak memory (RSS high-water mark) of that run.
+            the peak memory (RSS high-water mark) of that run;
+  cluster   fp32 training step time on a loopback cluster in this process (one ps task, gRPC between the tasks)
+            with one worker and with two synchronous workers of half the batch each, against one process on the
+            whole batch; and the bytes a step moves, from which the number of workers a network can feed.
 Each speed is set against the FLOP-bound limit: the machine's own fp32 matrix-multiply GFLOP/s (a 4096^2 tf.matmul)
 divided by the model's FLOPs per image, counted from the layer shapes (training: forward + gradients).
 
@@ -24,7 +27,9 @@ import collections
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -40,13 +45,14 @@ from utils import FLAGS
 
 v1 = tf.compat.v1
 
-PARTS = ('train', 'infer', 'pipeline', 'startup')
+PARTS = ('train', 'infer', 'pipeline', 'startup', 'cluster')
 PRECISIONS = ('fp32', 'bf16')
 DECODERS = ('greedy', 'beam')
 MATMUL_SIZE = 4096
 LABEL_CHARSET = '0123456789+-*'  # labels of the generated images
 FOLDER_IMAGES = 1024  # distinct images of the pipeline's folder (in the page cache after the first epoch)
 OP_CLASSES = (('convolutions', 'Conv2D'), ('batch norm', 'FusedBatchNorm'), ('max-pool', 'MaxPool'))  # name, op type
+SERVERS = []  # the loopback cluster's servers, which TensorFlow cannot stop: they live as long as the process
 TARGETS = {'train_fraction': 0.85, 'infer_fraction': 0.85, 'bf16_speedup': 1.4, 'wait': 0.05, 'startup_s': 10.0,
            'peak_bytes': 2 * 2 ** 30}
 
@@ -224,8 +230,8 @@ def training_session(arch, precision, make_dataset):
     with graph.as_default():
         v1.set_random_seed(0)
         batch = v1.data.make_one_shot_iterator(make_dataset()).get_next()
-        training = ocr.training_graph(arch, batch, main.hyperparameters(), v1.train.get_or_create_global_step(),
-                                      main.training_towers())
+        training, _ = ocr.training_graph(arch, batch, main.hyperparameters(), v1.train.get_or_create_global_step(),
+                                         main.training_towers())
         session = v1.Session(graph=graph, config=main.session_config())
         session.run(v1.global_variables_initializer())
     return session, training
@@ -475,6 +481,99 @@ def reading_time(arch, folder, batch_size, cache_bytes, passes=3):
     return min(times[1:])
 
 
+def loopback_cluster(workers):
+    """A cluster of one ps task and `workers` worker tasks on free loopback ports, its servers in this process."""
+    probes = [socket.socket() for _ in range(workers + 1)]
+    for probe in probes:
+        probe.bind(('127.0.0.1', 0))
+    addresses = ['127.0.0.1:%d' % probe.getsockname()[1] for probe in probes]
+    for probe in probes:
+        probe.close()
+    cluster = {'ps': addresses[:1], 'worker': addresses[1:]}
+    spec = tf.train.ClusterSpec(cluster)
+    SERVERS.append(tf.distribute.Server(spec, 'ps', 0))
+    servers = [tf.distribute.Server(spec, 'worker', index) for index in range(workers)]
+    SERVERS.extend(servers)
+    return cluster, servers
+
+
+def cluster_training(arch, batch, workers):
+    """main.py's synchronous cluster training of arch on a loopback cluster, each worker on its share of batch: a
+    step function running one step on every worker at once (one thread each), the sessions, the coordinator of
+    the chief's token thread, and the bytes of the trainable variables."""
+    cluster, servers = loopback_cluster(workers)
+    share = len(batch['images']) // workers
+    coordinator, sessions, fetches = v1.train.Coordinator(), [], []
+    for index, server in enumerate(servers):
+        task_device = '/job:worker/task:%d' % index
+        place = ocr.replica_devices(cluster, task_device)
+        graph = tf.Graph()
+        with graph.as_default(), v1.device(place):
+            shard = {name: value[index * share:(index + 1) * share] for name, value in batch.items()}
+            data = v1.data.make_one_shot_iterator(constant_dataset(shard)()).get_next()
+            training, opt = ocr.training_graph(arch, data, main.hyperparameters(),
+                                               v1.train.get_or_create_global_step(), [task_device + '/cpu:0'], place,
+                                               replicas=workers)
+            start = [v1.global_variables_initializer()] if index == 0 else []
+            start += [opt.ready_for_local_init_op, opt.chief_init_op if index == 0 else opt.local_step_init_op]
+            start += [opt.get_init_tokens_op()] if index == 0 else []
+            runner = opt.get_chief_queue_runner()
+            trainable_bytes = sum(v.shape.num_elements() * v.dtype.size for v in v1.trainable_variables())
+        session = v1.Session(server.target, graph=graph,
+                             config=v1.ConfigProto(device_filters=['/job:ps', task_device]))
+        for op in start:
+            session.run(op)
+        if index == 0:
+            runner.create_threads(session, coord=coordinator, daemon=True, start=True)
+        sessions.append(session)
+        fetches.append(training)
+
+    def step():
+        threads = [threading.Thread(target=session.run, args=(training,))
+                   for session, training in zip(sessions, fetches)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    return step, sessions, coordinator, trainable_bytes
+
+
+def part_cluster(args, arch, batch, results):
+    FLAGS.precision = 'fp32'
+    rounds, sessions, coordinators = Rounds(), [], []
+    session, fetches = training_session(arch, 'fp32', constant_dataset(batch))
+    sessions.append(session)
+    rounds.add('one process', session_step(session, fetches), args.warmup_steps)
+    for workers in (1, 2):
+        step, cluster_sessions, coordinator, trainable_bytes = cluster_training(arch, batch, workers)
+        sessions += cluster_sessions
+        coordinators.append(coordinator)
+        rounds.add('%d workers' % workers, step, args.warmup_steps)
+    rounds.run(args.rounds)
+    print('cluster: %d rounds, load %.1f; one ps task, batch %d in all' % (args.rounds, load(), args.batch_size))
+    report('one process, step', '%.3f' % rounds.median('one process'), 's')
+    for workers in (1, 2):
+        name = '%d workers' % workers
+        results['cluster_overhead', workers] = rounds.ratio(name, 'one process') - 1
+        report('%s of %d images, step' % (name, args.batch_size // workers), '%.3f' % rounds.median(name), 's',
+               '%+.0f%% against one process' % (100 * results['cluster_overhead', workers]))
+    moved = 2 * trainable_bytes  # a worker reads every variable and sends every gradient, each step
+    results['step_bytes'] = moved
+    report('bytes a worker moves per step', '%.1f' % (moved / 2 ** 20), 'MiB',
+           'the variables in, their gradients out (%.1f MiB of trainable variables)' % (trainable_bytes / 2 ** 20))
+    step_time = rounds.median('one process') / 2  # compute of one worker's half batch, here
+    for name, bandwidth in (('1 Gbit/s', 125e6), ('10 Gbit/s', 1250e6)):
+        workers = step_time * bandwidth / moved
+        results['workers_fed', name] = workers
+        report('workers one ps task feeds at %s' % name, '%.0f' % workers, '',
+               'its link moves N x %.1f MiB in the %.2f s a step of %d images computes here' % (
+                   moved / 2 ** 20, step_time, args.batch_size // 2))
+    for coordinator in coordinators:
+        coordinator.request_stop()
+    close(sessions)
+
+
 def part_startup(args, sources, work_dir, results):
     """main.py --mode=train on a generated folder of --startup_images, once per --startup_runs entry."""
     started = time.perf_counter()
@@ -543,6 +642,14 @@ def summary(args, results):
                 seconds < TARGETS['startup_s'] if held else None)
             row(name + ': peak memory', '%.0f MiB' % (peak / 2 ** 20), '< 2048 MiB' if held else '',
                 peak < TARGETS['peak_bytes'] if held else None)
+    for workers in (1, 2):
+        if ('cluster_overhead', workers) in results:
+            row('loopback cluster, %d worker(s): step time over one process' % workers,
+                '%+.0f%%' % (100 * results['cluster_overhead', workers]))
+    if 'step_bytes' in results:
+        row('bytes a worker moves per step', '%.1f MiB' % (results['step_bytes'] / 2 ** 20))
+        for name in ('1 Gbit/s', '10 Gbit/s'):
+            row('workers one ps task feeds at %s' % name, '%.0f' % results['workers_fed', name])
     print('\n| figure | value | target | met |\n| --- | --- | --- | --- |\n' + '\n'.join(rows))
 
 
@@ -565,6 +672,8 @@ def run_parts(args, work_dir):
         part_pipeline(args, arch, batch, folder, results)
     if 'startup' in args.parts:
         part_startup(args, sources[:16], work_dir, results)
+    if 'cluster' in args.parts:
+        part_cluster(args, arch, batch, results)
     summary(args, results)
 
 

@@ -221,8 +221,8 @@ def test_bf16_trains_and_fp16_on_the_cpu_is_refused(dataset):
     assert result.returncode == 2 and '--precision=fp16 runs on GPUs' in result.stderr
 
 
-@pytest.mark.parametrize('cell', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'])
-@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('cell, bidirectional', [('lstm', False), ('gru', True), ('hlstm', True), ('rhn', False),
+                                                 ('nlstm', True)])  # each cell both ways: test_rnn_cells.py
 def test_each_rnn_variant_trains_validates_and_infers_without_repeating_flags(dataset, cell, bidirectional):
     extra = ['--rnn_cell=%s' % cell, '--rnn_layers=2', '--rhn_depth=2', '--bidirectional=%s' % bidirectional]
     result = train(dataset, '--max_steps=1', *extra)

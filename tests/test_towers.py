@@ -80,7 +80,7 @@ def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device()
     with tf.Graph().as_default():
         batch = placeholder_batch()
         global_step = v1.train.get_or_create_global_step()
-        training = ocr.training_graph(SMALL, batch, HYPERPARAMETERS, global_step, DEVICES)
+        training, _ = ocr.training_graph(SMALL, batch, HYPERPARAMETERS, global_step, DEVICES)
         devices = {op.name: op.device for op in v1.get_default_graph().get_operations()}
         moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
         with v1.Session(config=TWO_CPUS) as session:
