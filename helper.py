@@ -233,22 +233,35 @@ def truetype_digit_height(path):
     return (bottom - top) / 100
 
 
-def ink_box(font, char):
-    """Width, height and inked share of the box of one character drawn at 40 pixels."""
+def ink(font, char):
+    """The inked pixels (bool [rows, cols], cropped to them) of one character drawn at 40 pixels."""
     image = Image.new('L', (160, 160))
     ImageDraw.Draw(image).text((40, 40), char, font=truetype(font, 40), fill=255)
-    rows, cols = np.nonzero(np.asarray(image) > 64)
-    if not rows.size:
-        return 0, 0, 0.0
-    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-    return width, height, rows.size / (width * height)
+    inked = np.asarray(image) > 64
+    rows, cols = np.nonzero(inked)
+    return inked[rows.min():rows.max() + 1, cols.min():cols.max() + 1] if rows.size else inked[:0, :0]
 
 
-def draws_text(font, characters):
-    """Whether a font draws text, not symbols: a minus wider than tall, an `8` that is not a filled block."""
-    minus_width, minus_height, _ = ink_box(font, '-') if '-' in characters else (1, 0, 0)
-    fill = ink_box(font, '8')[2] if '8' in characters else 0
-    return minus_width > 1.2 * minus_height and fill < 0.8
+def draws_text(glyphs):
+    """Whether a font's glyphs ({character: ink}) are text, not symbols: a minus wider than tall, parentheses taller
+    than wide, an `8` that is not a filled block, and no two digits or signs drawn alike (a typewriter font that
+    draws both parentheses as slashes, a dingbat font)."""
+    def shape(char):
+        return glyphs[char].shape if char in glyphs else None
+    minus, opening, closing = shape('-'), shape('('), shape(')')
+    signs = [char for char in glyphs if not char.isalpha()]
+    return ((minus is None or minus[1] > 1.2 * minus[0])
+            and all(paren is None or paren[0] > paren[1] for paren in (opening, closing))
+            and ('8' not in glyphs or glyphs['8'].mean() < 0.8)
+            and not any(alike(glyphs[a], glyphs[b]) for k, a in enumerate(signs) for b in signs[k + 1:]))
+
+
+def alike(a, b):
+    """Whether two inks are the same shape: the same size within 2 pixels, 97% of pixels equal."""
+    if abs(a.shape[0] - b.shape[0]) > 2 or abs(a.shape[1] - b.shape[1]) > 2:
+        return False
+    rows, cols = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+    return (a[:rows, :cols] == b[:rows, :cols]).mean() > 0.97
 
 
 def usable_fonts(patterns, characters):
@@ -261,7 +274,7 @@ def usable_fonts(patterns, characters):
             font = truetype(path, 32)
             missing = bytes(font.getmask('\ue000'))
             if all(bytes(font.getmask(char)) not in (missing, b'') for char in characters) and draws_text(
-                    path, characters):
+                    {char: ink(path, char) for char in characters}):
                 usable.append(path)
         except OSError:
             log.warning('warning: cannot read font %s', path)

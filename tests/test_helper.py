@@ -290,7 +290,13 @@ def test_truetype_characters_are_drawn_at_the_digit_height():
 
 def test_fonts_that_draw_symbols_instead_of_text_are_not_used(tmp_path):
     assert helper.usable_fonts([helper.CAPTCHA_FONT], utils.CONTEST_CHARSET) == (helper.CAPTCHA_FONT,)
-    assert helper.draws_text(helper.CAPTCHA_FONT, utils.CONTEST_CHARSET)
+    glyphs = {char: helper.ink(helper.CAPTCHA_FONT, char) for char in utils.CONTEST_CHARSET}
+    assert helper.draws_text(glyphs)
+    slashes = dict(glyphs, **{')': glyphs['(']})  # a typewriter font that draws both parentheses as `/`
+    dingbats = dict(glyphs, **{'(': np.ones((20, 30), bool)})  # a picture wider than tall
+    tall_minus = dict(glyphs, **{'-': glyphs['-'].T})
+    block = dict(glyphs, **{'8': np.ones((30, 20), bool)})
+    assert not any(helper.draws_text(font) for font in (slashes, dingbats, tall_minus, block))
     (tmp_path / 'broken.ttf').write_bytes(b'not a font')
     assert helper.usable_fonts([str(tmp_path / '*.ttf')], utils.CONTEST_CHARSET) == ()
 
