@@ -246,14 +246,13 @@ def draws_text(glyphs):
     """Whether a font's glyphs ({character: ink}) are text, not symbols: a minus wider than tall, parentheses taller
     than wide, an `8` that is not a filled block, and no two digits or signs drawn alike (a typewriter font that
     draws both parentheses as slashes, a dingbat font)."""
-    def shape(char):
-        return glyphs[char].shape if char in glyphs else None
-    minus, opening, closing = shape('-'), shape('('), shape(')')
-    signs = [char for char in glyphs if not char.isalpha()]
-    return ((minus is None or minus[1] > 1.2 * minus[0])
-            and all(paren is None or paren[0] > paren[1] for paren in (opening, closing))
+    minus = glyphs.get('-')
+    parens = [glyphs[char] for char in '()' if char in glyphs]
+    signs = [glyphs[char] for char in glyphs if not char.isalpha()]
+    return ((minus is None or minus.shape[1] > 1.2 * minus.shape[0])
+            and all(paren.shape[0] > paren.shape[1] for paren in parens)
             and ('8' not in glyphs or glyphs['8'].mean() < 0.8)
-            and not any(alike(glyphs[a], glyphs[b]) for k, a in enumerate(signs) for b in signs[k + 1:]))
+            and not any(alike(a, b) for k, a in enumerate(signs) for b in signs[k + 1:]))
 
 
 def alike(a, b):

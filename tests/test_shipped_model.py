@@ -14,7 +14,7 @@ from conftest import REPO, run_cli
 
 v1 = tf.compat.v1
 SHIPPED = os.path.join(REPO, 'imgs', 'model')
-# README, "The shipped model": sequence accuracy on imgs/infer/ (100 images) and tests/data/other_renderers/ (100).
+# imgs/model/README.md, "How well it reads": sequence accuracy on imgs/infer/ (100 images) and tests/data/other_renderers/ (100).
 BUNDLED_ACCURACY = 0.99
 OTHER_RENDERERS_ACCURACY = 0.93
 
