@@ -374,6 +374,9 @@ def rnn_stack(kind, input_size, num_units, num_layers, keep_prob, rhn_depth, nam
 
 # --- the model ---------------------------------------------------------------
 
+DECODERS = ('beam', 'greedy')  # LSTMOCR.decode's, --decoder
+
+
 class LSTMOCR:
     """The recogniser in one mode: 'train' (batch statistics, dropout), 'val' or 'infer'.
 
@@ -458,7 +461,7 @@ class LSTMOCR:
             decoded, _ = tf.nn.ctc_greedy_decoder(logits, sequence_length, merge_repeated=True)
             confidence = tf.exp(tf.reduce_sum(tf.reduce_max(tf.nn.log_softmax(logits), axis=2), axis=0))  # [b]
         else:
-            raise ValueError('decoder must be beam or greedy, not %r' % decoder)
+            raise ValueError('decoder must be one of %s, not %r' % (DECODERS, decoder))
         return tf.sparse.to_dense(decoded[0], default_value=-1), tf.minimum(confidence, 1.0)
 
 
@@ -466,6 +469,9 @@ def dense_to_sparse(label_ids):
     """[b, max_len] int32 padded with -1 -> the SparseTensor of labels that CTC takes."""
     indices = tf.where(label_ids >= 0)
     return tf.SparseTensor(indices, tf.gather_nd(label_ids, indices), tf.shape(label_ids, out_type=tf.int64))
+
+
+LR_SCHEDULES = ('exponential', 'cosine', 'piecewise')  # learning_rate's schedules, --lr_schedule
 
 
 def learning_rate(global_step, schedule, initial, decay_steps, decay_rate, boundaries=(), warmup_steps=0):
@@ -488,6 +494,9 @@ def learning_rate(global_step, schedule, initial, decay_steps, decay_rate, bound
     if warmup_steps:
         rate *= tf.minimum(1.0, (step + 1.0) / warmup_steps)
     return rate
+
+
+OPTIMIZERS = ('adam', 'momentum')  # --optimizer
 
 
 def optimizer(name, rate, beta1, beta2, momentum, loss_scaling=False):

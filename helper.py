@@ -10,13 +10,14 @@ import functools
 import glob
 import multiprocessing
 import os
+import random
 import shutil
 import time
 
 import captcha
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, Charset, UserError, check_numeric_flags, expression_value,
                    id_label_name, image_id, log, natural_key, run_app, setup_logging, shorten)
@@ -457,20 +458,20 @@ def render_classic(label, height, width, fonts, clutter, rng):
     return degrade(image, rng)
 
 
-# --- synth: the contest's renderer -------------------------------------------
-# Modelled on the Python `captcha` package's ImageCaptcha, which drew the contest's images: each character in its
-# own box, rotated and warped on its own, centred vertically, the boxes overlapping; the line squeezed to the
-# image width; one colour for the text, noise dots and an arc; a smoothing filter.
+# --- synth: a renderer modelled on today's captcha package (0.7) ----------------
+# ImageCaptcha's way of drawing, widened: each character in its own box, rotated (up to 45 degrees) and warped on
+# its own, centred vertically, the boxes overlapping, a space before half of them; the line squeezed to the image
+# width; one colour for the text, noise dots and an arc; a smoothing filter; any of the fonts found.
 
-CONTEST_FONT_SIZES = (42, 50, 56)  # ImageCaptcha's sizes at height 60
-CONTEST_ROTATION = 30  # degrees either way, ImageCaptcha's range
+CAPTCHA_FONT_SIZES = (42, 50, 56)  # ImageCaptcha's sizes at height 60
+CAPTCHA_ROTATION = 30  # degrees either way, ImageCaptcha's range
 FREE_ROTATION = 45  # degrees either way, in FREE_ROTATION_SHARE of the images: shapes, not orientations
 FREE_ROTATION_SHARE = 0.4
 MASK_GAIN = 1.97  # ImageCaptcha pastes a character through its own brightness times this
 CAPTCHA_FONT = os.path.join(os.path.dirname(captcha.__file__), 'data', 'DroidSansMono.ttf')  # ImageCaptcha's own
 
 
-def contest_glyph(char, font, size, rotation, rng):
+def captcha07_glyph(char, font, size, rotation, rng):
     """One character's coverage (float32 [rows, cols], 0..1), as ImageCaptcha draws it: drawn with a small random
     offset, cropped to its ink, turned by `rotation` degrees, stretched back to the size of its text box and warped
     through a random quadrilateral (so that a minus or an asterisk comes out as tall as a digit). Half of the
@@ -503,24 +504,24 @@ def contest_glyph(char, font, size, rotation, rng):
     return np.asarray(image, np.float32) / 255
 
 
-def contest_text(label, height, fonts, rng):
+def captcha07_text(label, height, fonts, rng):
     """The label's character boxes (ImageCaptcha's, a space before half of them), the digits a random size of
-    CONTEST_FONT_SIZES scaled to the image height, one font per image (a third of the images change font per
+    CAPTCHA_FONT_SIZES scaled to the image height, one font per image (a third of the images change font per
     character)."""
-    limit = FREE_ROTATION if rng.random() < FREE_ROTATION_SHARE else CONTEST_ROTATION
+    limit = FREE_ROTATION if rng.random() < FREE_ROTATION_SHARE else CAPTCHA_ROTATION
     font = fonts[rng.integers(0, len(fonts))]
     per_character = rng.random() < 0.33
     glyphs = []
     for char in label:
         char_font = fonts[rng.integers(0, len(fonts))] if per_character else font
-        size = max(8, round(CONTEST_FONT_SIZES[rng.integers(0, 3)] * height / 60 * rng.uniform(0.9, 1.1)))
+        size = max(8, round(CAPTCHA_FONT_SIZES[rng.integers(0, 3)] * height / 60 * rng.uniform(0.9, 1.1)))
         if rng.random() < 0.5:
-            glyphs.append(contest_glyph(' ', char_font, size, 0, rng))
-        glyphs.append(contest_glyph(char, char_font, size, rng.uniform(-limit, limit), rng))
+            glyphs.append(captcha07_glyph(' ', char_font, size, 0, rng))
+        glyphs.append(captcha07_glyph(char, char_font, size, rng.uniform(-limit, limit), rng))
     return glyphs
 
 
-def contest_noise(coverage, rng):
+def captcha07_noise(coverage, rng):
     """ImageCaptcha's noise, in place on a coverage map [h, w]: 30 dots 3 pixels wide and an arc."""
     height, width = coverage.shape
     image = Image.fromarray(coverage)
@@ -536,13 +537,13 @@ def contest_noise(coverage, rng):
     return np.asarray(image, np.float32)
 
 
-def render_contest(label, height, width, fonts, rng):
-    """The label drawn the contest's way (see above): uint8 BGR [height, width, 3]. fonts: TrueType files (at
+def render_captcha07(label, height, width, fonts, rng):
+    """The label drawn as captcha 0.7 would (see above): uint8 BGR [height, width, 3]. fonts: TrueType files (at
     least one)."""
     backdrop = rng.integers(238, 256, 3).astype(np.float32)
     colour = rng.integers(10, 201, 3).astype(np.float32)
     opacity = min(1.0, float(colour @ LUMA) * MASK_GAIN / 255) * rng.integers(220, 256) / 255
-    glyphs = contest_text(label, height, fonts, rng)
+    glyphs = captcha07_text(label, height, fonts, rng)
     text_width = sum(glyph.shape[1] for glyph in glyphs)
     coverage = np.zeros((height, max(width, text_width)), np.float32)
     average = text_width // max(1, len(label))
@@ -554,7 +555,7 @@ def render_contest(label, height, width, fonts, rng):
         area[:] = np.maximum(area, glyph[max(0, -top):max(0, -top) + area.shape[0], :area.shape[1]] * opacity)
         offset += cols - int(rng.integers(0, int(0.25 * average) + 1))
     coverage = cv2.resize(coverage, (width, height), interpolation=cv2.INTER_AREA)
-    coverage = np.maximum(coverage, contest_noise(coverage.copy(), rng) * opacity)
+    coverage = np.maximum(coverage, captcha07_noise(coverage.copy(), rng) * opacity)
     image = backdrop * (1 - coverage[..., None]) + colour * coverage[..., None]
     image = cv2.filter2D(image, -1, SMOOTH_KERNEL)
     return degrade(image, rng) if rng.random() < 0.3 else np.clip(image, 0, 255).round().astype(np.uint8)
@@ -563,19 +564,129 @@ def render_contest(label, height, width, fonts, rng):
 SMOOTH_KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13  # Pillow's ImageFilter.SMOOTH
 
 
+# --- synth: the contest's own generator ------------------------------------------
+# captcha 0.2.4's ImageCaptcha(width=180, height=60), which drew the contest in 2017, ported to Pillow 10 with the
+# change a top entry of the contest documented: a minus is neither stretched nor warped, so it stays the thin bar
+# the contest's images show. As in 2017, one Python `random` stream draws everything (here seeded by seed and id),
+# resizing and warping are nearest-neighbour (Pillow's default then), and a character's colour fades with its
+# coverage (Pillow 4 blended text into a transparent image), which the paste mask is made from.
+
+PASTE_MASK = [min(255, int(level * MASK_GAIN)) for level in range(256)]  # ImageCaptcha's `table`
+# 0.2.4 draws 30 dots and an arc; the reference images of the contest show no arc and about a dozen dots off the
+# text: the number of dots varies and a third of the images have the arc, so that a model learns both.
+NOISE_DOTS = (10, 30)
+ARC_SHARE = 0.3
+
+
+def captcha_colour(rand, low, high):
+    return tuple(rand.randint(low, high) for _ in range(3))
+
+
+def contest_character(char, size, colour, rand):
+    """One character in colour (r, g, b, opacity), RGBA, as 0.2.4's _draw_character draws it: drawn at a small
+    random offset, cropped to its ink, turned up to 30 degrees; then (not for a minus) stretched to its text box
+    plus a random margin and warped back into the box through a random quadrilateral."""
+    face = truetype(CAPTCHA_FONT, size)
+    width, height = (int(v) for v in face.getbbox(char)[2:])  # Pillow 4's textsize
+    dx, dy = rand.randint(0, 4), rand.randint(0, 6)
+    coverage = Image.new('L', (width + dx, height + dy))
+    ImageDraw.Draw(coverage).text((dx, dy), char, font=face, fill=255)
+    image = Image.merge('RGBA', [coverage.point(lambda level, c=c: level * c / 255) for c in colour])
+    image = image.crop(image.getbbox())
+    image = image.rotate(rand.uniform(-CAPTCHA_ROTATION, CAPTCHA_ROTATION), Image.BILINEAR, expand=True)
+    warp_x, warp_y = width * rand.uniform(0.1, 0.3), height * rand.uniform(0.2, 0.3)
+    x1, y1 = int(rand.uniform(-warp_x, warp_x)), int(rand.uniform(-warp_y, warp_y))
+    x2, y2 = int(rand.uniform(-warp_x, warp_x)), int(rand.uniform(-warp_y, warp_y))
+    if char == '-':
+        return image
+    wide, tall = width + abs(x1) + abs(x2), height + abs(y1) + abs(y2)
+    image = image.resize((wide, tall), Image.NEAREST)
+    return image.transform((width, height), Image.QUAD, (x1, y1, -x1, tall - y2, wide + x2, tall + y2, wide - x2, -y1),
+                           Image.NEAREST)
+
+
+def contest_line(label, height, width, colour, backdrop, rand):
+    """The characters side by side on the backdrop, overlapping by up to a quarter of their mean width, centred
+    vertically, the line squeezed to `width` when wider: RGB [height, width]."""
+    sizes = [max(8, round(size * height / 60)) for size in CAPTCHA_FONT_SIZES]
+    characters = [contest_character(char, rand.choice(sizes), colour, rand) for char in label]
+    text_width = sum(character.size[0] for character in characters)
+    image = Image.new('RGB', (max(width, text_width), height), backdrop)
+    average = int(text_width / max(1, len(label)))
+    offset = int(average * 0.1)
+    for character in characters:
+        cols, rows = character.size
+        image.paste(character, (offset, int((height - rows) / 2)), character.convert('L').point(PASTE_MASK))
+        offset += cols + rand.randint(-int(0.25 * average), 0)
+    return image.resize((width, height), Image.NEAREST) if image.size[0] > width else image
+
+
+def render_contest(label, height, width, rand):
+    """The label as the contest's generator drew it (see above): uint8 BGR [height, width, 3]; rand: a
+    random.Random."""
+    backdrop = captcha_colour(rand, 238, 255)
+    opacity = rand.randint(220, 255)
+    colour = captcha_colour(rand, 0, 200) + (opacity,)
+    image = contest_line(label, height, width, colour, backdrop, rand)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rand.randint(*NOISE_DOTS)):
+        x, y = rand.randint(0, width), rand.randint(0, height)
+        draw.line(((x, y), (x - 1, y - 1)), fill=colour, width=3)
+    x1, x2 = rand.randint(0, int(width / 5)), rand.randint(width - int(width / 5), width)
+    y1 = rand.randint(int(height / 5), height - int(height / 5))
+    y2 = rand.randint(y1, height - int(height / 5))
+    end, start = rand.randint(160, 200), rand.randint(0, 20)
+    if rand.random() < ARC_SHARE:
+        draw.arc([x1, y1, x2, y2], start, end, fill=colour)
+    image = image.filter(ImageFilter.SMOOTH)
+    return np.asarray(image)[..., ::-1].copy()
+
+
 # --- synth: files ------------------------------------------------------------
+
+RENDERERS = ('contest', 'captcha07', 'classic')
+MIX = 'captcha07:1,classic:1'  # --renderer=mix
+
+
+@functools.lru_cache(maxsize=None)
+def renderer_weights(renderer):
+    """--renderer as ((name, weight), ...): `contest`, `mix` or `contest:8,captcha07:1,classic:1`; a UserError
+    names a value that is none of these."""
+    weights = []
+    for part in (MIX if renderer == 'mix' else renderer).split(','):
+        name, _, weight = part.partition(':')
+        if name not in RENDERERS or not (weight or '1').isdigit() or int(weight or 1) < 1:
+            raise UserError('--renderer=%s: give one of %s or mix, or weights such as contest:8,captcha07:1,'
+                            'classic:1' % (renderer, ', '.join(RENDERERS)))
+        weights.append((name, int(weight or 1)))
+    return tuple(weights)
+
+
+def pick_renderer(renderer, choice):
+    """The name of the renderer that draws an image: by weight, from the image's own choice generator."""
+    weights = renderer_weights(renderer)
+    if len(weights) == 1:
+        return weights[0][0]
+    ticket = choice.integers(0, sum(weight for _, weight in weights))
+    for name, weight in weights:
+        if ticket < weight:
+            return name
+        ticket -= weight
+
 
 def synth_image(spec, image_id):
     """Label and PNG bytes of one image; the same spec and id always give the same bytes.
 
-    A second generator of the same seed and id decides whether the image is blank (label '') and, for
-    --renderer=mix, which renderer draws it, so that the classic renderer's images stay what they were."""
+    A second generator of the same seed and id decides whether the image is blank (label '') and, for several
+    renderers, which one draws it, so that each renderer's images stay what they were."""
     rng = np.random.default_rng([spec.seed, image_id])
     choice = np.random.default_rng([spec.seed, image_id, 1])
     label = '' if choice.random() < spec.blank_share else make_label(spec, rng)
-    renderer = spec.renderer if spec.renderer != 'mix' else ('contest', 'classic')[choice.integers(0, 2)]
+    renderer = pick_renderer(spec.renderer, choice)
     if renderer == 'contest':
-        image = render_contest(label, spec.height, spec.width, spec.fonts, rng)
+        image = render_contest(label, spec.height, spec.width, random.Random('%d/%d' % (spec.seed, image_id)))
+    elif renderer == 'captcha07':
+        image = render_captcha07(label, spec.height, spec.width, spec.fonts, rng)
     else:
         image = render_classic(label, spec.height, spec.width, spec.fonts, spec.clutter, rng)
     return label, cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
@@ -595,6 +706,7 @@ def check_synth_flags(spec, num_images):
     """Refuses flags synth cannot honour, naming the flag and its value."""
     if num_images < 1:
         raise UserError('--num_images=%d: must be 1 or more' % num_images)
+    renderer_weights(spec.renderer)
     if spec.height < 16 or spec.width < 16:
         raise UserError('--image_height=%d --image_width=%d: synth needs 16x16 or more' % (spec.height, spec.width))
     if spec.text == 'random':
@@ -631,6 +743,25 @@ def synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite):
 
 # --- command line ------------------------------------------------------------
 
+def synth_fonts(renderers):
+    """The fonts of --font_files that draw every character the images need, for the renderers that take fonts
+    (the contest's draws with DroidSansMono only)."""
+    names = {name for name, _ in renderers}
+    if names == {'contest'}:
+        log.info('drawing with the captcha package\'s DroidSansMono')
+        return ()
+    characters = CONTEST_CHARSET if FLAGS.text == 'expression' else FLAGS.charset
+    patterns = FLAGS.font_files + ([] if FLAGS['font_files'].present else [CAPTCHA_FONT])
+    hershey = ' and the 8 Hershey fonts' if 'classic' in names else ''
+    fonts = usable_fonts(patterns, characters)
+    if not fonts:
+        log.warning('warning: no font of --font_files draws all of %r: drawing with the captcha package\'s '
+                    'DroidSansMono%s only', characters, hershey)
+        return (CAPTCHA_FONT,)
+    log.info('drawing with %d TrueType or OpenType fonts%s', len(fonts), hershey)
+    return fonts
+
+
 def run(argv):
     """Dispatches on --mode: rename (also when --mode is not given) or synth."""
     if len(argv) > 1:
@@ -641,18 +772,9 @@ def run(argv):
         rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,
                FLAGS.overwrite)
     elif mode == 'synth':
-        characters = CONTEST_CHARSET if FLAGS.text == 'expression' else FLAGS.charset
-        patterns = FLAGS.font_files + ([] if FLAGS['font_files'].present else [CAPTCHA_FONT])
-        fonts = usable_fonts(patterns, characters)
-        if not fonts:
-            log.warning('warning: no font of --font_files draws all of %r: drawing with the captcha package\'s '
-                        'DroidSansMono%s only', characters,
-                        '' if FLAGS.renderer == 'contest' else ' and the Hershey fonts')
-            fonts = (CAPTCHA_FONT,)
         spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
-                         FLAGS.image_width, fonts, FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
-        log.info('drawing with %d TrueType or OpenType fonts%s', len(fonts),
-                 '' if FLAGS.renderer == 'contest' else ' and the 8 Hershey fonts')
+                         FLAGS.image_width, synth_fonts(renderer_weights(FLAGS.renderer)), FLAGS.clutter,
+                         FLAGS.renderer, FLAGS.blank_share)
         labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
         synth(spec, FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
     else:

@@ -36,74 +36,91 @@ finally:
         os.dup2(_stderr, 2)
         os.close(_stderr)
 
+import cnn_lstm_otc_ocr as ocr  # noqa: E402  (after TensorFlow's quiet import; its registries name flag values)
+
 flags = tf.compat.v1.flags
 
 CONTEST_CHARSET = '0123456789+-*()'  # the contest's expressions: digits, operators, parentheses
 
-# The model and its training (the original project's names and defaults).
-flags.DEFINE_boolean('restore', False, 'resume training from the latest checkpoint in checkpoint_dir')
-flags.DEFINE_string('checkpoint_dir', './checkpoint/', 'where checkpoints and the model architecture are kept')
-flags.DEFINE_float('initial_learning_rate', 1e-3, 'learning rate at step 0')
-flags.DEFINE_integer('image_height', 60, 'images are resized to this height')
-flags.DEFINE_integer('image_width', 180, 'images are resized to this width')
-flags.DEFINE_integer('image_channel', 1, '1: read images as grey, 3: as colour')
-flags.DEFINE_integer('cnn_count', 4, 'number of conv + batch norm + leaky ReLU + max-pool units')
-flags.DEFINE_integer('out_channels', 64, 'filters of the last conv unit')
-flags.DEFINE_integer('num_hidden', 128, 'units of each RNN layer')
-flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output dropout (training only)')
-flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir')
-flags.DEFINE_integer('batch_size', 40, 'images per step (train, val and infer)')
-flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps')
-flags.DEFINE_float('leakiness', 0.01, 'slope of the leaky ReLU for negative inputs')
-flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps')
-flags.DEFINE_float('decay_rate', 0.98, 'learning rate decay factor')
-flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
-flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
-flags.DEFINE_integer('decay_steps', 10000, 'the learning rate is multiplied by decay_rate every this many steps')
-flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
-flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
-                     'brightness, colour, noise) in the input pipeline; never in val or infer')
-flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
-                    'or an export such as imgs/model) at step 0 with a fresh optimiser')
-flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
-                   '(0: off)')
+# What to do, and on which folders.
+flags.DEFINE_string('mode', 'train',
+                    'main.py: train | val | infer | export; helper.py: rename | synth (its default: rename)')
 flags.DEFINE_string('train_dir', './imgs/train/', 'folder of <id>_<label> training images')
 flags.DEFINE_string('val_dir', './imgs/val/', 'folder of <id>_<label> validation images')
 flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any file names)')
+flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writes')
+flags.DEFINE_string('checkpoint_dir', './checkpoint/', 'where checkpoints and the model architecture are kept')
 # absl.logging declares a log_dir of its own for log files it only writes when asked to; this one replaces it.
 delattr(flags.FLAGS, 'log_dir')
 flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
-flags.DEFINE_string('mode', 'train',
-                    'main.py: train | val | infer | export; helper.py: rename | synth (its default: rename)')
-flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '
-                     'tower_device), the batch split evenly between them')
+flags.DEFINE_string('export_dir', '', 'folder that --mode=export writes the inference variables of the model to '
+                    '(required there)')
+flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
+                     'train_dir or val_dir) that already exist; main.py --mode=export: replace the model in export_dir')
 
-# New in this rebuild.
+# The model's architecture (saved in architecture.json; val, infer and export read it from there).
+flags.DEFINE_integer('image_height', 60, 'images are resized to this height')
+flags.DEFINE_integer('image_width', 180, 'images are resized to this width')
+flags.DEFINE_integer('image_channel', 1, '1: read images as grey, 3: as colour')
+flags.DEFINE_string('charset', CONTEST_CHARSET, 'the characters labels may contain')
+flags.DEFINE_integer('cnn_count', 4, 'number of conv + batch norm + leaky ReLU + max-pool units')
+flags.DEFINE_integer('out_channels', 64, 'filters of the last conv unit')
+flags.DEFINE_float('leakiness', 0.01, 'slope of the leaky ReLU for negative inputs')
 flags.DEFINE_integer('max_stepsize', 0,
                      'least number of RNN time steps: width pooling stops halving once another halving would '
                      'drop below it (0: every conv unit halves the width, 12 steps at width 180)')
-flags.DEFINE_string('charset', CONTEST_CHARSET, 'the characters labels may contain')
-flags.DEFINE_enum('decoder', 'beam', ['beam', 'greedy'], 'CTC decoder for val and infer')
-flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
-flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writes')
-flags.DEFINE_string('export_dir', '', 'folder that --mode=export writes the inference variables of the model to '
-                    '(required there)')
+flags.DEFINE_enum('rnn_cell', 'lstm', list(ocr.RNN_CELLS),
+                  'RNN cell: LSTM, GRU, highway LSTM, recurrent highway network or nested LSTM')
+flags.DEFINE_integer('rnn_layers', 2, 'stacked RNN layers')
+flags.DEFINE_integer('num_hidden', 128, 'units of each RNN layer')
+flags.DEFINE_boolean('bidirectional', False, 'run a second RNN stack backwards and concatenate the two')
+flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn')
+
+# Training: where it starts, how long it runs, when it validates and saves.
+flags.DEFINE_boolean('restore', False, 'resume training from the latest checkpoint in checkpoint_dir')
+flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
+                    'or an export such as imgs/model) at step 0 with a fresh optimiser')
+flags.DEFINE_integer('batch_size', 40, 'images per step (train, val and infer)')
+flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir')
 flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no limit)')
+flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps')
+flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps')
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
-flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
+flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
+                     'brightness, colour, noise) in the input pipeline; never in val or infer')
+flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output dropout (training only)')
+
+# Training: optimiser and learning-rate schedule.
+flags.DEFINE_enum('optimizer', 'adam', list(ocr.OPTIMIZERS), 'Adam (beta1, beta2) or momentum SGD (momentum)')
+flags.DEFINE_float('initial_learning_rate', 1e-3, 'learning rate at step 0')
+flags.DEFINE_enum('lr_schedule', 'exponential', list(ocr.LR_SCHEDULES),
+                  'exponential: times decay_rate every decay_steps (staircase); cosine: from initial_learning_rate '
+                  'to 0 over decay_steps; piecewise: times decay_rate at each step of lr_boundaries')
+flags.DEFINE_integer('decay_steps', 10000, 'the learning rate is multiplied by decay_rate every this many steps')
+flags.DEFINE_float('decay_rate', 0.98, 'learning rate decay factor')
+flags.DEFINE_list('lr_boundaries', [], 'piecewise schedule: steps at which the learning rate drops, e.g. 20000,40000')
+flags.DEFINE_integer('warmup_steps', 0, 'raise the learning rate linearly from 0 over this many first steps')
+flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
+flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
+flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
+flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
+                   '(0: off)')
+
+# Devices and number formats.
+flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '
+                     'tower_device), the batch split evenly between them')
 flags.DEFINE_enum('tower_device', 'gpu', ['gpu', 'cpu'],
                   'where --num_gpus towers run: GPUs, or as many logical CPU devices (for machines without GPUs)')
 flags.DEFINE_enum('precision', 'fp32', ['fp32', 'bf16', 'fp16'],
                   'number format of the math: fp32; bf16 on a CPU with bf16 instructions (oneDNN automatic mixed '
                   'precision); fp16 on a GPU (automatic mixed precision with dynamic loss scaling). Variables, '
                   'CTC loss and decoders stay fp32')
+
+# Reading (val, infer, export).
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'val and infer: the best validated model (the latest when none was validated yet) or the latest')
-flags.DEFINE_enum('lr_schedule', 'exponential', ['exponential', 'cosine', 'piecewise'],
-                  'exponential: times decay_rate every decay_steps (staircase); cosine: from initial_learning_rate '
-                  'to 0 over decay_steps; piecewise: times decay_rate at each step of lr_boundaries')
-flags.DEFINE_list('lr_boundaries', [], 'piecewise schedule: steps at which the learning rate drops, e.g. 20000,40000')
-flags.DEFINE_integer('warmup_steps', 0, 'raise the learning rate linearly from 0 over this many first steps')
+flags.DEFINE_enum('decoder', 'beam', list(ocr.DECODERS), 'CTC decoder for val and infer')
+flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
 
 # Training on a cluster (TensorFlow's distributed runtime); TF_CONFIG describes it as well.
 flags.DEFINE_list('ps_hosts', [], 'train on a cluster: host:port of every parameter-server task, e.g. ps0:2222')
@@ -115,21 +132,12 @@ flags.DEFINE_boolean('sync_replicas', True, 'train on a cluster: every step appl
 flags.DEFINE_integer('cluster_timeout', 300, 'train on a cluster: seconds to wait for the other tasks to be '
                      'reachable (and for the chief to initialise the model) before giving up')
 
-# RNN variants.
-flags.DEFINE_enum('rnn_cell', 'lstm', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'],
-                  'RNN cell: LSTM, GRU, highway LSTM, recurrent highway network or nested LSTM')
-flags.DEFINE_integer('rnn_layers', 2, 'stacked RNN layers')
-flags.DEFINE_boolean('bidirectional', False, 'run a second RNN stack backwards and concatenate the two')
-flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn')
-
 # helper.py: dataset tools.
 flags.DEFINE_string('labels_file', './imgs/labels.txt',
                     'helper rename: labels of images_dir; helper synth: where to write labels, when given '
                     '(else <out_dir>/labels.txt)')
 flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
 flags.DEFINE_integer('train_size', 80000, 'helper rename: images copied to train_dir, the rest go to val_dir')
-flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
-                     'train_dir or val_dir) that already exist; main.py --mode=export: replace the model in export_dir')
 flags.DEFINE_string('out_dir', './imgs/synth/', 'helper synth: folder to write images into')
 flags.DEFINE_integer('num_images', 1000, 'helper synth: number of images to write')
 flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
@@ -142,10 +150,12 @@ flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.[ot]tf', '/usr/local/sha
                                  'C:/Windows/Fonts/*.[ot]tf'],
                   'helper synth: glob patterns of TrueType and OpenType fonts to draw with; left at its default, the '
                   'captcha package\'s DroidSansMono joins them (the classic renderer also has OpenCV\'s Hershey fonts)')
-flags.DEFINE_enum('renderer', 'mix', ['classic', 'contest', 'mix'],
-                  'helper synth: classic: the project\'s own generator (fonts, colours, clutter); contest: modelled '
-                  'on the captcha package that drew the contest (rotated, warped, overlapping characters, thin '
-                  'noise); mix: each image one of the two at random')
+flags.DEFINE_string('renderer', 'mix',
+                    'helper synth: contest: the contest\'s own generator (the captcha package 0.2.4 with a thin '
+                    'minus, DroidSansMono); captcha07: modelled on today\'s captcha package with any font found '
+                    '(rotated, warped, overlapping characters, thin noise); classic: the project\'s own generator '
+                    '(fonts, colours, clutter); mix: captcha07 or classic at random; or weights for each image\'s '
+                    'choice, such as contest:8,captcha07:1,classic:1')
 flags.DEFINE_float('blank_share', 0.0, 'helper synth: share of the images drawn without text (label empty, named '
                    '<id>_.png), to teach a model to read nothing where there is nothing')
 flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
@@ -216,6 +226,66 @@ def check_numeric_flags():
                 if not math.isfinite(value) else ''))
     if not all(boundary.isdigit() for boundary in FLAGS.lr_boundaries):
         raise UserError('--lr_boundaries=%s: must be step numbers, e.g. 20000,40000' % ','.join(FLAGS.lr_boundaries))
+
+
+MAIN_MODES = ('train', 'val', 'infer', 'export')
+
+
+def check_main_flags():
+    """main.py's flags: --mode, every numeric flag's range, and --precision for the device chosen."""
+    if FLAGS.mode not in MAIN_MODES:
+        raise UserError('--mode=%s: main.py runs train, val, infer or export' % FLAGS.mode)
+    check_numeric_flags()
+    check_precision()
+
+
+def check_precision():
+    """fp16 needs GPUs and bf16 the CPU: an error otherwise; bf16 on a CPU without bf16 instructions warns."""
+    on_cpu = FLAGS.num_gpus == 0 or FLAGS.tower_device == 'cpu'
+    if FLAGS.precision == 'fp16' and on_cpu:
+        raise UserError('--precision=fp16 runs on GPUs (--num_gpus=1 or more); on the CPU use --precision=bf16')
+    if FLAGS.precision == 'bf16' and not on_cpu:
+        raise UserError('--precision=bf16 is for the CPU (--num_gpus=0); on GPUs use --precision=fp16')
+    if FLAGS.precision == 'bf16' and not cpu_has_bf16():
+        log.warning('warning: --precision=bf16: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); '
+                    'bf16 will be emulated and slower than fp32')
+
+
+def cpu_has_bf16():
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            return any(flag in cpuinfo.read() for flag in ('avx512_bf16', 'amx_bf16'))
+    except OSError:
+        return False
+
+
+def lr_boundaries():
+    """--lr_boundaries as step numbers (check_numeric_flags has made sure they are)."""
+    return [int(boundary) for boundary in FLAGS.lr_boundaries]
+
+
+def check_schedule():
+    """Learning-rate schedule flags that cannot work."""
+    if FLAGS.lr_schedule != 'piecewise':
+        return
+    if not FLAGS.lr_boundaries:
+        raise UserError('--lr_schedule=piecewise needs --lr_boundaries, e.g. --lr_boundaries=20000,40000')
+    if lr_boundaries() != sorted(set(lr_boundaries())):
+        raise UserError('--lr_boundaries=%s: must be increasing step numbers' % ','.join(FLAGS.lr_boundaries))
+
+
+def check_architecture(arch):
+    """An architecture (from the flags or architecture.json) that cannot be built, named by its flag."""
+    for name in ('image_height', 'image_width', 'cnn_count', 'out_channels', 'num_hidden', 'rnn_layers',
+                 'rhn_depth'):
+        if getattr(arch, name) < 1:
+            raise UserError('--%s=%s: must be at least 1' % (name, getattr(arch, name)))
+    if arch.image_channel not in (1, 3):
+        raise UserError('--image_channel=%s: must be 1 (grey) or 3 (colour)' % arch.image_channel)
+    if not 0 <= arch.max_stepsize <= arch.image_width:
+        raise UserError('--max_stepsize=%s: must be between 0 and --image_width=%s' % (
+            arch.max_stepsize, arch.image_width))
+    Charset(arch.charset)
 
 
 # --- the cluster ---------------------------------------------------------------

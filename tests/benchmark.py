@@ -682,7 +682,7 @@ def main_benchmark(argv):
     utils.setup_logging()
     print('benchmark: batch %d, %s; TensorFlow %s; %d x %s%s; load %.1f' % (
         args.batch_size, ', '.join(args.precisions), tf.__version__, os.cpu_count(), cpu_name(),
-        ' (bf16 instructions)' if main.cpu_has_bf16() else '', load()), flush=True)
+        ' (bf16 instructions)' if utils.cpu_has_bf16() else '', load()), flush=True)
     started = time.perf_counter()
     work_dir = tempfile.mkdtemp(prefix='ocr-benchmark-')
     try:

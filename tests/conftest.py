@@ -1,7 +1,10 @@
-"""Small generated data sets and a way to run the command line as a user does."""
+"""Small generated data sets, a way to run the command line as a user does, a model trained once for the whole
+session, and the quick tier: `pytest -m "not slow"` leaves out the tests marked slow."""
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -63,3 +66,49 @@ def write_dataset(tmp_path):
 def dataset(tmp_path):
     """A folder of write_dataset's folders."""
     return write_dataset(tmp_path)
+
+
+def folders(tmp_path):
+    """The folder flags of main.py, all under tmp_path, and the digits' charset of write_dataset."""
+    return ['--train_dir=%s' % (tmp_path / 'train'), '--val_dir=%s' % (tmp_path / 'val'),
+            '--infer_dir=%s' % (tmp_path / 'infer'), '--checkpoint_dir=%s' % (tmp_path / 'checkpoint'),
+            '--log_dir=%s' % (tmp_path / 'log'), '--infer_output=%s' % (tmp_path / 'result.txt'),
+            '--charset=0123456789']
+
+
+def train(tmp_path, *extra):
+    """Four steps of the small model on write_dataset's folders, validating at 2 and 4, saving at 3 and 4."""
+    return run_cli('--mode=train', '--batch_size=16', '--validation_steps=2', '--save_steps=3', '--max_steps=4',
+                   *SMALL_MODEL_FLAGS, *folders(tmp_path), *extra)
+
+
+@pytest.fixture(scope='session')
+def trained_once(tmp_path_factory):
+    folder = write_dataset(tmp_path_factory.mktemp('trained'))
+    result = train(folder)
+    assert result.returncode == 0, result.stderr
+    exported = run_cli('--mode=export', '--export_dir=%s' % (folder / 'export'), *folders(folder))
+    assert exported.returncode == 0, exported.stderr
+    return folder, result
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    """A copy of the session's trained folder (data, checkpoint, log, and `export`, the model exported from it) that
+    a test may change, and the training's output."""
+    folder, result = trained_once
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    return tmp_path, result
+
+
+def wait_for(condition, seconds=240, explain=lambda: 'timed out'):
+    """Waits until condition() holds: a state of files or processes, never a time. Fails after `seconds`."""
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, explain()
+        time.sleep(0.2)
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a test that trains several times or runs several processes for '
+                                       'long; the quick tier (-m "not slow") leaves it out')

@@ -15,9 +15,10 @@ import tensorflow as tf
 
 import cnn_lstm_otc_ocr as ocr
 import utils
-from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, run_cli
-from test_main import folders
+from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, folders, run_cli, wait_for
 from test_towers import HYPERPARAMETERS, SMALL, TWO_CPUS
+
+pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
 
 v1 = tf.compat.v1
 SGD = HYPERPARAMETERS._replace(optimizer='momentum', momentum=0.0, initial_learning_rate=1.0)  # update = -gradient
@@ -186,11 +187,10 @@ class Task:
         with open(os.path.join(self.output_dir, '%s.log' % self.name)) as file:
             return file.read()
 
-    def wait_for(self, text, timeout=240):
-        deadline = time.time() + timeout
-        while text not in self.log:
-            assert self.process.poll() is None and time.time() < deadline, self.log
-            time.sleep(0.2)
+    def wait_for(self, condition):
+        """Waits until condition() holds while this task runs."""
+        wait_for(lambda: condition() or self.process.poll() is not None, explain=lambda: self.log)
+        assert self.process.poll() is None, self.log
 
     def restart(self):
         self.process = start_task(self, self.tf_config)
@@ -221,17 +221,17 @@ def test_a_ps_and_two_workers_train_to_max_steps_a_killed_worker_rejoins_and_all
     tasks = [Task(job, common + (elsewhere if job == 'worker' else []), str(dataset),
                   {'cluster': cluster, 'task': {'type': job, 'index': 0}}) for job in ('ps', 'chief', 'worker')]
     ps, chief, worker = tasks
-    worker.wait_for('step 10 ')
+    checkpoints = dataset / 'checkpoint'
+    worker.wait_for(lambda: (checkpoints / 'checkpoint').exists())  # step 10 saved: synchronous steps need both
     worker.process.send_signal(signal.SIGKILL)
     worker.process.wait(30)
     worker.restart()
-    worker.wait_for('training on 25 images', timeout=120)
+    worker.wait_for(lambda: 'training on 25 images' in worker.log)
     assert finish(tasks) == [0, 0, 0], [task.log for task in tasks]
     rejoined = worker.log.split('training on 25 images')[-1]  # 50 images, one half each
     assert 'step ' in rejoined and 'stopped at step 40' in rejoined, worker.log
     assert 'training on 25 images' in chief.log and 'step 40: saved checkpoint' in chief.log, chief.log
     assert 'validation accuracy' in chief.log and 'the chief has ended the training' in ps.log
-    checkpoints = dataset / 'checkpoint'
     assert (checkpoints / 'architecture.json').exists() and (checkpoints / 'best' / 'best.json').exists()
     assert not (dataset / 'not_the_chief').exists() and not (dataset / 'not_the_chief_log').exists()
     result = run_cli('--mode=val', '--checkpoint=latest', *folders(dataset))

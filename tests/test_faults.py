@@ -1,19 +1,18 @@
 """Bad inputs and faults, tried as a hostile but realistic user would: every one ends in a clear message or is
-worked around with a warning, and nothing is lost. Last, trainings killed with SIGKILL at random moments."""
+worked around with a warning, and nothing is lost. Last, trainings killed with SIGKILL at chosen moments."""
 import json
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
 import utils
-from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_text_images
-from test_main import folders, train, trained, trained_once  # noqa: F401  (the fixtures)
+from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, folders, run_cli, train, wait_for, write_text_images
+
+pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
 
 ROOT = os.geteuid() == 0  # permissions do not stop root: those cases are tried by other users only
 
@@ -23,13 +22,6 @@ def start_training(tmp_path, *extra):
     return subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', '--batch_size=8',
                              '--validation_steps=3', '--save_steps=2', *SMALL_MODEL_FLAGS, *folders(tmp_path), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, seconds=120):
-    deadline = time.time() + seconds
-    while not condition():
-        assert time.time() < deadline, 'timed out'
-        time.sleep(0.2)
 
 
 def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_taken_over(dataset):
@@ -157,33 +149,43 @@ def test_expression_value_of_huge_inputs_is_none_or_a_number_never_an_error(text
     assert value is None or value == 1001
 
 
+TENSORFLOW_LOG_LINE = re.compile(r'[IWEF]\d{4} \d\d:\d\d|WARNING: All log messages before absl')
+
+
 def test_start_up_prints_the_tools_messages_only(trained):
     tmp_path, _ = trained
-    environment = {name: value for name, value in os.environ.items()  # as a user's shell has it: no log levels
-                   if name not in ('TF_CPP_MIN_LOG_LEVEL', 'OPENCV_LOG_LEVEL')}
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=val', *folders(tmp_path)],
-                            capture_output=True, text=True, env=environment, timeout=300)
+    result = run_cli('--mode=val', *folders(tmp_path))  # as a user's shell has it: no log levels
     assert result.returncode == 0
-    assert result.stderr == '', result.stderr
+    assert not TENSORFLOW_LOG_LINE.search(result.stderr) and 'cuInit' not in result.stderr, result.stderr
     noisy = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=val', *folders(tmp_path)],
-                           capture_output=True, text=True, env=dict(environment, TF_CPP_MIN_LOG_LEVEL='0'),
+                           capture_output=True, text=True, env=dict(USER_ENVIRONMENT, TF_CPP_MIN_LOG_LEVEL='0'),
                            timeout=300)
-    assert noisy.returncode == 0 and noisy.stderr  # the user's level wins: TensorFlow's own lines appear
+    assert noisy.returncode == 0 and TENSORFLOW_LOG_LINE.search(noisy.stderr)  # the user's level wins
 
 
-def test_trainings_killed_at_random_moments_resume_and_their_folder_stays_readable(dataset):
-    rng = random.Random(0)
-    for mode in ('val', 'infer'):  # a kill, then that mode reads what it left
-        restore = ['--restore'] if (dataset / 'checkpoint' / 'checkpoint').exists() else []
-        process = start_training(dataset, '--max_steps=100000', *restore)
-        if not restore:  # a first checkpoint, however slow the machine, then kills at any moment
-            wait_for(lambda: (dataset / 'checkpoint' / 'checkpoint').exists() or process.poll() is not None)
-        time.sleep(rng.uniform(0, 6))
+def checkpoint_state(folder):
+    path = folder / 'checkpoint'
+    return path.read_text() if path.exists() else None
+
+
+# States of its folder that a training passes through (given the folder and its checkpoint state when the training
+# started): the moments at which the test kills it, in this order.
+KILL_MOMENTS = [('start-up', lambda folder, start: (folder / 'training.lock').exists()),
+                ('its first checkpoint saved', lambda folder, start: checkpoint_state(folder) is not None),
+                ('a later checkpoint saved', lambda folder, start: checkpoint_state(folder) not in (None, start))]
+
+
+def test_trainings_killed_at_chosen_moments_resume_and_their_folder_stays_readable(dataset):
+    checkpoints = dataset / 'checkpoint'
+    for moment, reached in KILL_MOMENTS:
+        start = checkpoint_state(checkpoints)
+        process = start_training(dataset, '--max_steps=100000', *(['--restore'] if start else []))
+        wait_for(lambda: reached(checkpoints, start) or process.poll() is not None)
         process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate()
-        assert 'Traceback' not in stderr, stderr
-        if (dataset / 'checkpoint' / 'checkpoint').exists():
+        assert 'Traceback' not in stderr, (moment, stderr)
+        for mode in ('val', 'infer') if (checkpoints / 'checkpoint').exists() else ():
             result = run_cli('--mode=%s' % mode, *folders(dataset))
-            assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+            assert result.returncode == 0 and 'Traceback' not in result.stderr, (moment, mode, result.stderr)
     result = train(dataset, '--restore', '--max_steps=100000', '--num_epochs=1')
     assert result.returncode == 0 and 'restored' in result.stdout, result.stderr

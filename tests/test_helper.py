@@ -1,5 +1,6 @@
 """helper.py: rename/split of a contest-format set and the synthetic generator."""
 import os
+import random
 import re
 
 import cv2
@@ -15,7 +16,8 @@ from utils import UserError, expression_value, label_from_filename
 CONTEST_GRAMMAR = re.compile(r'\d[-+*]\d[-+*]\d|\(\d[-+*]\d\)[-+*]\d|\d[-+*]\(\d[-+*]\d\)')
 EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180,
                                fonts=(), clutter='over', renderer='classic', blank_share=0.0)
-CONTEST = EXPRESSION._replace(renderer='contest', fonts=(helper.CAPTCHA_FONT,))
+CONTEST = EXPRESSION._replace(renderer='contest')
+CAPTCHA07 = EXPRESSION._replace(renderer='captcha07', fonts=(helper.CAPTCHA_FONT,))
 
 
 def write_contest_set(folder, count):
@@ -230,6 +232,7 @@ def test_synth_refuses_no_images(tmp_path):
 
 # --- command line ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_synth_then_rename_without_mode(tmp_path):
     synth = run_cli('--mode=synth', '--out_dir=%s' % (tmp_path / 'contest'), '--num_images=6', '--seed=5',
                     '--nolabelled_names', '--labels_file=%s' % (tmp_path / 'labels.txt'), script='helper.py')
@@ -243,12 +246,14 @@ def test_cli_synth_then_rename_without_mode(tmp_path):
     assert (len(os.listdir(tmp_path / 'train')), len(os.listdir(tmp_path / 'val'))) == (4, 2)
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_main_py_mode():
     result = run_cli('--mode=train', script='helper.py')
     assert result.returncode == 2
     assert 'error: --mode=train' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_names_a_flag_value_that_does_not_parse(tmp_path):
     result = run_cli('--mode=synth', '--clutter=sideways', '--out_dir=%s' % (tmp_path / 'out'), script='helper.py')
     assert result.returncode == 2
@@ -256,6 +261,7 @@ def test_cli_names_a_flag_value_that_does_not_parse(tmp_path):
     assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'out')
 
 
+@pytest.mark.slow
 def test_cli_synth_draws_the_clutter_under_the_text_when_asked(tmp_path):
     for clutter in ('over', 'under'):
         result = run_cli('--mode=synth', '--renderer=classic', '--clutter=%s' % clutter,
@@ -270,6 +276,7 @@ def test_cli_synth_draws_the_clutter_under_the_text_when_asked(tmp_path):
         assert (tmp_path / 'under' / name).read_bytes() == png != over.read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_names_the_missing_image(tmp_path):
     labels_file, images_dir, _ = write_contest_set(tmp_path, 5)
     os.remove(os.path.join(images_dir, '4.bmp'))
@@ -307,15 +314,35 @@ def inked(png):
     return grey < np.percentile(grey, 90) - 60
 
 
-def test_contest_renderer_is_deterministic_and_draws_text_across_the_image():
-    label, png = helper.synth_image(CONTEST, 5)
+@pytest.mark.parametrize('spec', [CONTEST, CAPTCHA07], ids=['contest', 'captcha07'])
+def test_captcha_renderers_are_deterministic_and_draw_text_across_the_image(spec):
+    label, png = helper.synth_image(spec, 5)
     assert CONTEST_GRAMMAR.fullmatch(label)
-    assert helper.synth_image(CONTEST, 5) == (label, png)
-    assert helper.synth_image(CONTEST, 6)[1] != png
+    assert helper.synth_image(spec, 5) == (label, png)
+    assert helper.synth_image(spec, 6)[1] != png
+    assert helper.synth_image(spec._replace(seed=1), 5)[1] != png
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (60, 180, 3)
     columns = np.flatnonzero(inked(png).any(axis=0))
     assert columns[-1] - columns[0] > 90  # seven characters spread over more than half the width
+
+
+def test_contest_renderer_keeps_the_minus_thin_and_stretches_other_characters_to_their_box():
+    colour = (40, 90, 120, 255)
+    for seed in range(10):
+        minus = helper.contest_character('-', 50, colour, random.Random(seed))
+        plus = helper.contest_character('+', 50, colour, random.Random(seed))
+        face_height = int(helper.truetype(helper.CAPTCHA_FONT, 50).getbbox('+')[3])
+        assert (np.asarray(minus)[..., 3] > 128).sum(axis=0).max() <= 8  # a bar a few pixels thick, turned
+        assert plus.size[1] == face_height  # warped back into its text box, as tall as the box
+
+
+def test_contest_images_are_drawn_in_one_colour_on_a_light_backdrop():
+    for image_id in range(8):
+        image = cv2.imdecode(np.frombuffer(helper.synth_image(CONTEST, image_id)[1], np.uint8), cv2.IMREAD_COLOR)
+        corners = image[[0, 0, -1, -1], [0, -1, 0, -1]].astype(int)
+        assert (np.median(image.reshape(-1, 3), axis=0) >= 230).all()  # backdrop 238..255, smoothed
+        assert (image.min(axis=(0, 1)) <= 215).all() and corners.min() >= 200
 
 
 def tilt_from_vertical(coverage):
@@ -325,27 +352,37 @@ def tilt_from_vertical(coverage):
     return 90 - abs(axis)
 
 
-def test_contest_glyphs_turn_by_the_angle_asked_up_to_the_free_rotation_limit():
+def test_captcha07_glyphs_turn_by_the_angle_asked_up_to_the_free_rotation_limit():
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        assert tilt_from_vertical(helper.contest_glyph('1', helper.CAPTCHA_FONT, 50, 0, rng)) < 20
-        turned = helper.contest_glyph('1', helper.CAPTCHA_FONT, 50, helper.FREE_ROTATION, rng)
+        assert tilt_from_vertical(helper.captcha07_glyph('1', helper.CAPTCHA_FONT, 50, 0, rng)) < 20
+        turned = helper.captcha07_glyph('1', helper.CAPTCHA_FONT, 50, helper.FREE_ROTATION, rng)
         assert 25 < tilt_from_vertical(turned) < 65
 
 
-def test_mix_draws_both_renderers_and_keeps_classic_images_as_they_were():
+@pytest.mark.parametrize('renderer, names', [('mix', ('captcha07', 'classic')),
+                                              ('contest:3,captcha07:1,classic:1', ('contest', 'captcha07', 'classic'))])
+def test_several_renderers_each_draw_some_images_exactly_as_they_draw_alone(renderer, names):
     spec = EXPRESSION._replace(fonts=(helper.CAPTCHA_FONT,))
-    mixed = [helper.synth_image(spec._replace(renderer='mix'), i) for i in range(12)]
-    classic = [helper.synth_image(spec, i) for i in range(12)]
-    contest = [helper.synth_image(spec._replace(renderer='contest'), i) for i in range(12)]
-    assert [m[0] for m in mixed] == [c[0] for c in classic]  # an id keeps its label
-    from_classic = sum(m == c for m, c in zip(mixed, classic))
-    from_contest = sum(m == c for m, c in zip(mixed, contest))
-    assert from_classic + from_contest == 12 and from_classic >= 2 and from_contest >= 2
+    mixed = [helper.synth_image(spec._replace(renderer=renderer), i) for i in range(24)]
+    alone = {name: [helper.synth_image(spec._replace(renderer=name), i) for i in range(24)] for name in names}
+    assert all(len({drawn[i][0] for drawn in alone.values()}) == 1 for i in range(24))  # an id keeps its label
+    drawn_by = [[name for name in names if alone[name][i] == mixed[i]] for i in range(24)]
+    assert all(len(by) == 1 for by in drawn_by)
+    counts = {name: sum(by == [name] for by in drawn_by) for name in names}
+    assert all(count >= 2 for count in counts.values()), counts
+    if renderer.startswith('contest:3'):
+        assert counts['contest'] > max(counts['captcha07'], counts['classic'])
+
+
+@pytest.mark.parametrize('renderer', ['fancy', 'contest:0', 'contest:x', 'contest,', 'mix:2'])
+def test_a_renderer_that_is_not_one_is_refused_by_name(renderer):
+    with pytest.raises(UserError, match='--renderer=%s' % re.escape(renderer)):
+        helper.renderer_weights(renderer)
 
 
 def test_blank_share_draws_images_without_text_named_with_an_empty_label(tmp_path):
-    spec = CONTEST._replace(renderer='mix', blank_share=0.5)
+    spec = CAPTCHA07._replace(renderer='mix', blank_share=0.5)
     labels = [helper.synth_image(spec, i)[0] for i in range(40)]
     assert 10 <= labels.count('') <= 30 and all(CONTEST_GRAMMAR.fullmatch(l) for l in labels if l)
     helper.synth(spec, 12, str(tmp_path / 'out'), str(tmp_path / 'labels.txt'), labelled_names=True,
@@ -358,11 +395,30 @@ def test_blank_share_draws_images_without_text_named_with_an_empty_label(tmp_pat
 
 def test_cli_synth_contest_renderer(tmp_path):
     result = run_cli('--mode=synth', '--renderer=contest', '--out_dir=%s' % (tmp_path / 'out'), '--num_images=3',
+                     '--seed=2', script='helper.py')
+    assert result.returncode == 0, result.stderr
+    assert "drawing with the captcha package's DroidSansMono" in result.stdout
+    names = [name for name in os.listdir(tmp_path / 'out') if name.endswith('.png')]
+    assert len(names) == 3
+    for name in names:
+        label, png = helper.synth_image(CONTEST._replace(seed=2), int(utils.image_id(name)))
+        assert name == '%s_%s.png' % (utils.image_id(name), label)
+        assert (tmp_path / 'out' / name).read_bytes() == png
+
+
+def test_cli_synth_captcha07_without_fonts_falls_back_to_droid_sans_mono(tmp_path):
+    result = run_cli('--mode=synth', '--renderer=captcha07', '--out_dir=%s' % (tmp_path / 'out'), '--num_images=3',
                      '--seed=2', '--font_files=', script='helper.py')
     assert result.returncode == 0, result.stderr
-    assert 'no font of --font_files draws all of' in result.stderr and 'drawing with 1 TrueType' in result.stdout
+    assert 'no font of --font_files draws all of' in result.stderr
     for name in os.listdir(tmp_path / 'out'):
         if name.endswith('.png'):
-            label, png = helper.synth_image(CONTEST._replace(seed=2), int(utils.image_id(name)))
-            assert name == '%s_%s.png' % (utils.image_id(name), label)
-            assert (tmp_path / 'out' / name).read_bytes() == png
+            assert (tmp_path / 'out' / name).read_bytes() == helper.synth_image(
+                CAPTCHA07._replace(seed=2), int(utils.image_id(name)))[1]
+
+
+def test_cli_synth_refuses_an_unknown_renderer_by_name(tmp_path):
+    result = run_cli('--mode=synth', '--renderer=contest:2,pillow:1', '--out_dir=%s' % (tmp_path / 'out'),
+                     script='helper.py')
+    assert result.returncode == 2 and '--renderer=contest:2,pillow:1' in result.stderr
+    assert not (tmp_path / 'out').exists()

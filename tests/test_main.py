@@ -12,38 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, SMALL_MODEL_FLAGS, run_cli, write_dataset, write_text_images
-
-
-def folders(tmp_path):
-    return ['--train_dir=%s' % (tmp_path / 'train'), '--val_dir=%s' % (tmp_path / 'val'),
-            '--infer_dir=%s' % (tmp_path / 'infer'), '--checkpoint_dir=%s' % (tmp_path / 'checkpoint'),
-            '--log_dir=%s' % (tmp_path / 'log'), '--infer_output=%s' % (tmp_path / 'result.txt'),
-            '--charset=0123456789']
-
-
-def train(tmp_path, *extra):
-    return run_cli('--mode=train', '--batch_size=16', '--validation_steps=2', '--save_steps=3', '--max_steps=4',
-                   *SMALL_MODEL_FLAGS, *folders(tmp_path), *extra)
-
-
-@pytest.fixture(scope='module')
-def trained_once(tmp_path_factory):
-    folder = write_dataset(tmp_path_factory.mktemp('trained'))
-    result = train(folder)
-    assert result.returncode == 0, result.stderr
-    exported = run_cli('--mode=export', '--export_dir=%s' % (folder / 'export'), *folders(folder))
-    assert exported.returncode == 0, exported.stderr
-    return folder, result
-
-
-@pytest.fixture
-def trained(trained_once, tmp_path):
-    """A copy of the module's trained folder (data, checkpoint, log, and `export`, the model exported from it) that a
-    test may change, and the training's output."""
-    folder, result = trained_once
-    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
-    return tmp_path, result
+from conftest import REPO, SMALL_MODEL_FLAGS, folders, run_cli, train, write_text_images
 
 
 def test_train_logs_validates_and_saves(trained):
@@ -83,6 +52,7 @@ def test_infer_writes_every_image_in_natural_order_with_a_partial_batch(trained)
     assert 'infer: 11/11 images' in result.stdout
 
 
+@pytest.mark.slow
 def test_restore_continues_the_global_step(trained):
     tmp_path, _ = trained
     result = train(tmp_path, '--restore', '--max_steps=6')
@@ -91,6 +61,7 @@ def test_restore_continues_the_global_step(trained):
     assert 'ocr-model-6.index' in os.listdir(tmp_path / 'checkpoint')
 
 
+@pytest.mark.slow
 def test_training_again_without_restore_keeps_the_model(trained):
     tmp_path, _ = trained
     result = train(tmp_path)
@@ -98,6 +69,7 @@ def test_training_again_without_restore_keeps_the_model(trained):
     assert 'already holds a trained model' in result.stderr and '--restore' in result.stderr
 
 
+@pytest.mark.slow
 def test_flag_contradicting_the_saved_model_is_refused(trained):
     tmp_path, _ = trained
     result = run_cli('--mode=infer', '--image_width=180', *folders(tmp_path))
@@ -105,6 +77,7 @@ def test_flag_contradicting_the_saved_model_is_refused(trained):
     assert '--image_width=180 but the model' in result.stderr and 'image_width=96' in result.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_warned_about_and_kept_empty_in_infer(trained):
     tmp_path, _ = trained
     (tmp_path / 'infer' / '5.png').write_bytes(b'garbage')
@@ -115,6 +88,7 @@ def test_unreadable_images_are_warned_about_and_kept_empty_in_infer(trained):
     assert len(lines) == 11 and lines[5] == '5.png\t\t\t'
 
 
+@pytest.mark.slow
 def test_unreadable_training_image_is_skipped_with_a_warning(dataset):
     (dataset / 'train' / '0_123.png').write_bytes(b'garbage')
     result = train(dataset, '--max_steps=1')
@@ -122,6 +96,7 @@ def test_unreadable_training_image_is_skipped_with_a_warning(dataset):
     assert 'cannot read image' in result.stderr and '0_123.png' in result.stderr
 
 
+@pytest.mark.slow
 def test_label_outside_charset_is_refused_before_training(dataset):
     write_text_images(str(dataset / 'train'), ['12'], names=['99_1x2.png'])
     result = train(dataset)
@@ -130,6 +105,7 @@ def test_label_outside_charset_is_refused_before_training(dataset):
     assert not (dataset / 'checkpoint').exists()
 
 
+@pytest.mark.slow
 def test_label_too_long_names_the_file_and_the_fix(dataset):
     write_text_images(str(dataset / 'train'), ['1'], names=['99_1234567890123.png'])
     result = train(dataset)
@@ -137,6 +113,7 @@ def test_label_too_long_names_the_file_and_the_fix(dataset):
     assert '99_1234567890123.png' in result.stderr and '--max_stepsize' in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['val', 'infer', 'export'])
 def test_no_checkpoint_is_an_error_not_random_weights(dataset, mode):
     result = run_cli('--mode=%s' % mode, '--export_dir=%s' % (dataset / 'export'), *folders(dataset))
@@ -145,6 +122,7 @@ def test_no_checkpoint_is_an_error_not_random_weights(dataset, mode):
     assert not (dataset / 'result.txt').exists()
 
 
+@pytest.mark.slow
 def test_missing_and_empty_folders(dataset):
     result = train(dataset, '--train_dir=%s' % (dataset / 'nope'))
     assert result.returncode == 2 and '--train_dir=%s: no such folder' % (dataset / 'nope') in result.stderr
@@ -153,6 +131,7 @@ def test_missing_and_empty_folders(dataset):
     assert result.returncode == 2 and '--val_dir=%s holds no images' % (dataset / 'empty') in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag, message', [
     ('--num_gpus=64', '--num_gpus=64 but '),
     ('--max_stepsze=20', 'unknown flags or arguments: --max_stepsze=20'),
@@ -176,6 +155,7 @@ def test_bad_flags_are_named(dataset, flag, message):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_best_model_survives_worse_validations_and_rolling_deletion(trained):
     tmp_path, _ = trained
     best_file = tmp_path / 'checkpoint' / 'best' / 'best.json'
@@ -197,6 +177,7 @@ def test_best_model_survives_worse_validations_and_rolling_deletion(trained):
     assert 'restored %s' % (tmp_path / 'checkpoint' / 'ocr-model-12') in result.stdout
 
 
+@pytest.mark.slow
 def test_explicit_best_without_a_validated_model_is_refused(trained):
     tmp_path, _ = trained
     for name in os.listdir(tmp_path / 'checkpoint' / 'best'):
@@ -206,6 +187,7 @@ def test_explicit_best_without_a_validated_model_is_refused(trained):
     assert run_cli('--mode=infer', *folders(tmp_path)).returncode == 0  # falls back to the latest
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_without_saving(dataset):
     result = train(dataset, '--optimizer=momentum', '--initial_learning_rate=1e30', '--max_steps=20',
                    '--save_steps=1000', '--validation_steps=1000')
@@ -215,6 +197,7 @@ def test_non_finite_loss_stops_training_without_saving(dataset):
     assert not any(n.endswith('.index') for n in os.listdir(dataset / 'checkpoint'))
 
 
+@pytest.mark.slow
 def test_bf16_trains_and_fp16_on_the_cpu_is_refused(dataset):
     result = train(dataset, '--precision=bf16', '--max_steps=2')
     assert result.returncode == 0, result.stderr
@@ -223,6 +206,7 @@ def test_bf16_trains_and_fp16_on_the_cpu_is_refused(dataset):
     assert result.returncode == 2 and '--precision=fp16 runs on GPUs' in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('cell, bidirectional', [('lstm', False), ('gru', True), ('hlstm', True), ('rhn', False),
                                                  ('nlstm', True)])  # each cell both ways: test_rnn_cells.py
 def test_each_rnn_variant_trains_validates_and_infers_without_repeating_flags(dataset, cell, bidirectional):
@@ -237,6 +221,7 @@ def test_each_rnn_variant_trains_validates_and_infers_without_repeating_flags(da
     assert len((dataset / 'result.txt').read_text().splitlines()) == 11
 
 
+@pytest.mark.slow
 def test_restore_with_another_architecture_is_refused(trained):
     tmp_path, _ = trained
     result = train(tmp_path, '--restore', '--rnn_cell=gru', '--num_hidden=64')
@@ -245,6 +230,7 @@ def test_restore_with_another_architecture_is_refused(trained):
     assert '--num_hidden=64 but the model' in result.stderr and 'num_hidden=32' in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(dataset):
     command = [sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', '--batch_size=8',
                '--validation_steps=100000', '--save_steps=100000', *SMALL_MODEL_FLAGS, *folders(dataset)]
@@ -269,6 +255,7 @@ def variables(directory):
     return dict(tf.train.list_variables(tf.train.latest_checkpoint(str(directory))))
 
 
+@pytest.mark.slow
 def test_export_keeps_the_inference_variables_and_reads_the_same_when_moved(trained):
     tmp_path, _ = trained
     record = json.loads((tmp_path / 'export' / 'model.json').read_text())
@@ -290,6 +277,7 @@ def test_export_keeps_the_inference_variables_and_reads_the_same_when_moved(trai
     assert json.loads((tmp_path / 'again' / 'model.json').read_text()) == record
 
 
+@pytest.mark.slow
 def test_export_needs_a_folder_and_keeps_an_exported_model(trained):
     tmp_path, _ = trained
     result = run_cli('--mode=export', *folders(tmp_path))
@@ -305,6 +293,7 @@ def test_export_needs_a_folder_and_keeps_an_exported_model(trained):
     assert result.returncode == 2 and 'holds the model being exported' in result.stderr
 
 
+@pytest.mark.slow
 def test_init_from_an_export_starts_a_new_training_from_its_weights(trained):
     tmp_path, _ = trained
     write_text_images(str(tmp_path / 'train'), ['', ''], names=['100_.png', '101_.png'])  # no text: empty label
@@ -323,6 +312,7 @@ def test_init_from_an_export_starts_a_new_training_from_its_weights(trained):
         json.loads((tmp_path / 'export' / 'architecture.json').read_text())
 
 
+@pytest.mark.slow
 def test_init_from_another_architecture_or_restore_from_an_export_is_refused(trained):
     tmp_path, _ = trained
     start = ['--mode=train', '--max_steps=1', *folders(tmp_path)[:2], '--log_dir=%s' % (tmp_path / 'log2')]
@@ -330,12 +320,13 @@ def test_init_from_another_architecture_or_restore_from_an_export_is_refused(tra
                      '--checkpoint_dir=%s' % (tmp_path / 'new'))
     assert result.returncode == 2 and 'num_hidden' in result.stderr and 'Traceback' not in result.stderr
     result = run_cli(*start, '--restore', '--checkpoint_dir=%s' % (tmp_path / 'export'))
-    assert result.returncode == 2 and 'use --init_from' not in result.stderr
+    assert result.returncode == 2 and 'holds an exported model (no step or optimiser state)' in result.stderr
     assert '--init_from=%s' % (tmp_path / 'export') in result.stderr and 'Traceback' not in result.stderr
     result = run_cli(*start, '--init_from=%s' % (tmp_path / 'nowhere'), '--checkpoint_dir=%s' % (tmp_path / 'new'))
     assert result.returncode == 2 and 'nowhere: no such folder' in result.stderr
 
 
+@pytest.mark.slow
 def test_learning_rate_schedule_flags_reach_the_training(dataset):
     result = run_cli('--mode=train', '--batch_size=16', '--max_steps=4', '--validation_steps=10', *SMALL_MODEL_FLAGS,
                      *folders(dataset), '--lr_schedule=piecewise', '--lr_boundaries=2', '--decay_rate=0.5')
@@ -344,6 +335,7 @@ def test_learning_rate_schedule_flags_reach_the_training(dataset):
     assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.000500 ', result.stdout)
 
 
+@pytest.mark.slow
 def test_colour_model_trains_and_reads_without_repeating_flags(dataset):
     result = run_cli('--mode=train', '--batch_size=16', '--max_steps=2', '--validation_steps=2', '--image_channel=3',
                      *SMALL_MODEL_FLAGS, *folders(dataset))
@@ -354,6 +346,7 @@ def test_colour_model_trains_and_reads_without_repeating_flags(dataset):
     assert len((dataset / 'result.txt').read_text().splitlines()) == 11
 
 
+@pytest.mark.slow
 def test_an_exported_trained_model_reads_the_same_when_moved(tmp_path):
     result = run_cli('--mode=export', '--checkpoint_dir=%s' % os.path.join(REPO, 'imgs', 'model'),
                      '--export_dir=%s' % (tmp_path / 'export'))

@@ -119,6 +119,7 @@ def test_folded_batch_norm_equals_batch_norm_on_the_moving_statistics():
     np.testing.assert_allclose(folded, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_overfits_a_small_set(tmp_path):
     """Loss, labels and both decoders agree: 32 images are learnt to 100% sequence accuracy."""
     labels = random_labels(32, seed=5)

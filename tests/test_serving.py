@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
+
 SERVE = r'''
 import json, sys
 import tensorflow as tf

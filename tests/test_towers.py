@@ -124,6 +124,7 @@ def test_a_batch_the_towers_cannot_share_and_absent_gpus_are_refused(flags):
         main.model_device()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_two_towers_reads_the_same_on_one_device(dataset):
     next((dataset / 'train').glob('0_*.png')).unlink()  # 49 images: a last batch of 1, fewer than the towers
     result = run_cli('--mode=train', '--batch_size=16', '--num_epochs=1', '--validation_steps=100', '--num_gpus=2',
