@@ -12,15 +12,15 @@ import multiprocessing
 import os
 import random
 import shutil
-import time
 
 import captcha
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, Charset, UserError, check_numeric_flags, expression_value,
-                   id_label_name, image_id, log, natural_key, run_app, setup_logging, shorten)
+from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, MAX_NAME_BYTES, Charset, Progress, UserError,
+                   check_numeric_flags, expression_value, id_label_name, image_id, log, natural_key, run_app,
+                   setup_logging, shorten, write_atomically)
 
 
 
@@ -60,6 +60,25 @@ def make_room(ids, directories, overwrite, replaced=frozenset()):
         log.info('replacing %d earlier images of the same ids, %d of them elsewhere or under another label '
                  '(--overwrite)', len(clashes), len(stale))
     return others
+
+
+def nearest_existing(path):
+    """The absolute path, or its closest ancestor that exists (a link counts, even a broken one)."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_writable_folder(directory, where):
+    """Refuses, naming `where` (the flag at fault), a folder to write into that is not a folder, or that cannot
+    be created because a folder above it is a file or this user may not write there. Creates nothing."""
+    existing = nearest_existing(directory)
+    if not os.path.isdir(existing):
+        raise UserError('%s: %s is a file, not a folder' % (where, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError('%s: no permission to %s %s' % (
+            where, 'write in' if existing == os.path.abspath(directory) else 'create folders in', existing))
 
 
 # --- rename: labels file + images -> train / val -----------------------------
@@ -145,32 +164,55 @@ def split(items, train_size, seed):
     return shuffled[:train_size], shuffled[train_size:]
 
 
-def copy_images(copies, directory):
-    """Copies (source path, new name) pairs into a folder."""
-    os.makedirs(directory, exist_ok=True)
-    for source, name in copies:
-        shutil.copyfile(source, os.path.join(directory, name))
-
-
-def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwrite):
-    """Copies the labelled images of images_dir to train_dir and val_dir as `<k>_<label>.<ext>` (k: entry index)."""
-    entries = read_labels_file(labels_file)
-    sources = find_images(entries, images_dir, labels_file)
-    log.info('%s: %d labels, %s format', labels_file, len(entries),
-             '<file name> <label>' if entries[0][0] else 'contest (line k labels image k)')
+def check_destinations(images_dir, train_dir, val_dir):
+    """Refuses train_dir and val_dir that cannot take the copies: not folders, not writable, images_dir itself, or
+    one folder for both."""
     for flag_name, directory in (('train_dir', train_dir), ('val_dir', val_dir)):
+        check_writable_folder(directory, '--%s=%s' % (flag_name, directory))
         if os.path.realpath(directory) == os.path.realpath(images_dir):
             raise UserError('--%s=%s is --images_dir: copies must go elsewhere' % (flag_name, directory))
     if os.path.realpath(train_dir) == os.path.realpath(val_dir):
         raise UserError('--train_dir=%s is --val_dir: the two parts must go to two folders' % train_dir)
+
+
+def check_readable(sources, images_dir):
+    """Refuses images that are not files this user may read, so that copying cannot stop half way through."""
+    unreadable = [os.path.basename(path) for path in sources
+                  if not os.path.isfile(path) or not os.access(path, os.R_OK)]
+    if unreadable:
+        raise UserError('--images_dir=%s: cannot read %d of the %d images (not files, or no read permission): %s' % (
+            images_dir, len(unreadable), len(sources), ', '.join(shorten(unreadable, 5))))
+
+
+def copy_images(parts):
+    """Copies (source path, new name) pairs into their folders: parts is [(folder, pairs)]; shows progress."""
+    progress = Progress(sum(len(pairs) for _, pairs in parts), 'rename')
+    done = 0
+    for directory, pairs in parts:
+        os.makedirs(directory, exist_ok=True)
+        for source, name in pairs:
+            shutil.copyfile(source, os.path.join(directory, name))
+            done += 1
+            progress.update(done)
+    progress.finish()
+
+
+def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwrite):
+    """Copies the labelled images of images_dir to train_dir and val_dir as `<k>_<label>.<ext>` (k: entry index),
+    once everything that can be checked is: nothing is copied when a flag, a label or an image is at fault."""
+    check_destinations(images_dir, train_dir, val_dir)
+    entries = read_labels_file(labels_file)
+    sources = find_images(entries, images_dir, labels_file)
+    check_readable(sources, images_dir)
+    log.info('%s: %d labels, %s format', labels_file, len(entries),
+             '<file name> <label>' if entries[0][0] else 'contest (line k labels image k)')
     copies = [(source, id_label_name(k, label, os.path.splitext(source)[1]))
               for k, (source, (name, label)) in enumerate(zip(sources, entries))]
     train, val = split(copies, train_size, seed)
     targets = {os.path.join(directory, name) for directory, part in ((train_dir, train), (val_dir, val))
                for source, name in part}
     others = make_room([str(k) for k in range(len(copies))], [train_dir, val_dir], overwrite, targets)
-    copy_images(train, train_dir)
-    copy_images(val, val_dir)
+    copy_images([(train_dir, train), (val_dir, val)])
     log.info('copied %d images to %s and %d to %s (seed %d)', len(train), train_dir, len(val), val_dir, seed)
     if others:
         log.warning('warning: %s and %s also hold %d images this run did not write', train_dir, val_dir, others)
@@ -702,7 +744,10 @@ def write_image(spec, out_dir, labelled_names, image_id):
     return '%d.png %s%s\n' % (image_id, label, '' if value is None else ' %d' % value)
 
 
-def check_synth_flags(spec, num_images):
+MIN_CHARACTER_WIDTH = 8  # pixels of --image_width a character needs to stay legible
+
+
+def check_synth_flags(spec, num_images, labelled_names):
     """Refuses flags synth cannot honour, naming the flag and its value."""
     if num_images < 1:
         raise UserError('--num_images=%d: must be 1 or more' % num_images)
@@ -715,28 +760,66 @@ def check_synth_flags(spec, num_images):
         if unusable:
             raise UserError('--charset=%r has %s: synth draws printable ASCII, no spaces, / or \\' % (
                 spec.charset, ' '.join(repr(c) for c in unusable)))
-        if not 1 <= spec.min_len <= spec.max_len:
-            raise UserError('--min_len=%d --max_len=%d: need 1 <= min_len <= max_len' % (spec.min_len, spec.max_len))
-        id_label_name(num_images - 1, 'x' * spec.max_len, '.png')
+        check_lengths(spec, num_images, labelled_names)
+
+
+def check_lengths(spec, num_images, labelled_names):
+    """--min_len and --max_len of random strings: in order, the longest legible at --image_width and, in
+    `<id>_<label>.png` names, short enough for a file name."""
+    if not 1 <= spec.min_len <= spec.max_len:
+        raise UserError('--min_len=%d --max_len=%d: need 1 <= min_len <= max_len' % (spec.min_len, spec.max_len))
+    legible = spec.width // MIN_CHARACTER_WIDTH
+    if spec.max_len > legible:
+        raise UserError('--max_len=%d: at most %d characters fit legibly in --image_width=%d (%d pixels each)' % (
+            spec.max_len, legible, spec.width, MIN_CHARACTER_WIDTH))
+    longest_name = MAX_NAME_BYTES - len(id_label_name(num_images - 1, '', '.png'))
+    if labelled_names and spec.max_len > longest_name:
+        raise UserError('--max_len=%d: file names <id>_<label>.png of %d images hold labels of at most %d characters '
+                        '(%d bytes a name); --nolabelled_names keeps the labels in the labels file only' % (
+                            spec.max_len, num_images, longest_name, MAX_NAME_BYTES))
+
+
+def check_labels_path(labels_path, overwrite):
+    """Refuses a labels file synth cannot write: a folder, a file already there (without --overwrite), or a file
+    in a folder that cannot be created or written in."""
+    where = '--labels_file=%s' % labels_path
+    if os.path.isdir(labels_path):
+        raise UserError('%s is a folder: name a file to write' % where)
+    if os.path.lexists(labels_path) and not overwrite:
+        raise UserError('%s already exists (--overwrite replaces it)' % where)
+    check_writable_folder(os.path.dirname(os.path.abspath(labels_path)), where)
+
+
+def check_synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite):
+    """Everything synth can check before it writes or draws anything: the flags, out_dir and the labels file."""
+    check_synth_flags(spec, num_images, labelled_names)
+    check_writable_folder(out_dir, '--out_dir=%s' % out_dir)
+    check_labels_path(labels_path, overwrite)
+
+
+def write_images(spec, num_images, out_dir, labelled_names):
+    """Writes images 0..num_images-1 to out_dir, in parallel, showing progress; returns their labels file lines."""
+    write = functools.partial(write_image, spec, out_dir, labelled_names)
+    progress = Progress(num_images, 'synth')
+    lines = []
+    with multiprocessing.Pool(min(os.cpu_count() or 1, num_images)) as pool:
+        for line in pool.imap(write, range(num_images), chunksize=64):
+            lines.append(line)
+            progress.update(len(lines))
+    progress.finish()
+    return lines
 
 
 def synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite):
-    """Writes num_images images 0..num_images-1 to out_dir, in parallel, and their labels file."""
-    check_synth_flags(spec, num_images)
-    if os.path.exists(labels_path) and not overwrite:
-        raise UserError('%s already exists (--overwrite replaces it)' % labels_path)
+    """Writes num_images images 0..num_images-1 to out_dir and their labels file, once check_synth passes."""
+    check_synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     others = make_room([str(i) for i in range(num_images)], [out_dir], overwrite)
-    start = time.time()
-    write = functools.partial(write_image, spec, out_dir, labelled_names)
-    with multiprocessing.Pool(min(os.cpu_count() or 1, num_images)) as pool:
-        lines = list(pool.imap(write, range(num_images), chunksize=64))
+    lines = write_images(spec, num_images, out_dir, labelled_names)
     os.makedirs(os.path.dirname(labels_path) or '.', exist_ok=True)
-    with open(labels_path, 'w', encoding='utf-8') as labels_file:
-        labels_file.writelines(lines)
-    seconds = time.time() - start
-    log.info('wrote %d images (%s, seed %d) to %s and their labels to %s in %.1f s (%.0f images/s)',
-             num_images, spec.text, spec.seed, out_dir, labels_path, seconds, num_images / seconds)
+    write_atomically(labels_path, ''.join(lines))
+    log.info('wrote %d images (%s, seed %d) to %s and their labels to %s',
+             num_images, spec.text, spec.seed, out_dir, labels_path)
     if others:
         log.warning('warning: %s also holds %d images this run did not write', out_dir, others)
 
@@ -762,6 +845,16 @@ def synth_fonts(renderers):
     return fonts
 
 
+def run_synth():
+    """synth with the flags: checked before the fonts are searched (seconds), then drawn with the fonts found."""
+    spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
+                     FLAGS.image_width, (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
+    labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
+    arguments = (FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
+    check_synth(spec, *arguments)
+    synth(spec._replace(fonts=synth_fonts(renderer_weights(FLAGS.renderer))), *arguments)
+
+
 def run(argv):
     """Dispatches on --mode: rename (also when --mode is not given) or synth."""
     if len(argv) > 1:
@@ -772,11 +865,7 @@ def run(argv):
         rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,
                FLAGS.overwrite)
     elif mode == 'synth':
-        spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
-                         FLAGS.image_width, synth_fonts(renderer_weights(FLAGS.renderer)), FLAGS.clutter,
-                         FLAGS.renderer, FLAGS.blank_share)
-        labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
-        synth(spec, FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
+        run_synth()
     else:
         raise UserError('--mode=%s: helper.py does rename (the default) or synth' % mode)
 

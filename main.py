@@ -1,9 +1,4 @@
-"""Command-line entry: `python main.py --mode=train|val|infer|export`.
-
-train: reads train_dir, validates on val_dir, saves checkpoints and the model architecture to checkpoint_dir.
-val: restores the model from checkpoint_dir and measures it on val_dir.
-infer: restores it and writes the reading of every image of infer_dir to infer_output.
-export: writes its inference variables and a SavedModel to export_dir.
+"""Command-line entry: `python main.py --mode=train|val|infer|export` (USAGE says what each does).
 
 The file reads top down: dispatch; the four modes; the model folder (all a checkpoint_dir holds); the training
 loop and the roles that run it (a process alone, or the chief or another worker of a cluster); the cluster's
@@ -20,9 +15,14 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 
-import utils  # first: it quiets TensorFlow's and OpenCV's start-up messages
+if __name__ == '__main__':  # Ctrl-C or SIGTERM while TensorFlow loads: nothing to save or clean yet
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, frame: os._exit(128 + signum))
+
+import utils  # noqa: E402  (first of the rest: it quiets TensorFlow's and OpenCV's start-up messages)
 import cv2
 import numpy as np
 import tensorflow as tf
@@ -33,17 +33,29 @@ from utils import FLAGS, UserError, log
 
 v1 = tf.compat.v1
 
+USAGE = """usage: python main.py --mode=MODE [flags]
+
+  --mode=train   trains on --train_dir, validates on --val_dir, keeps checkpoints in --checkpoint_dir
+  --mode=val     measures the model of --checkpoint_dir on --val_dir
+  --mode=infer   reads every image of --infer_dir into --infer_output
+  --mode=export  writes the model and a SavedModel to --export_dir
+
+Without a model in ./checkpoint/, val, infer and export use the shipped contest model (imgs/model/)."""
+
 # The contest model that ships with the tool (README: the shipped model), used while ./checkpoint/ is empty.
 SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imgs', 'model')
 LOG_EVERY_STEPS = 10
 SAMPLES_SHOWN = 5
 COVERAGE_THRESHOLDS = (0.0, 0.5, 0.9, 0.99, 0.999)
+LOCK_WRITE_SECONDS = 2  # a training writes its lock's line within this time of making the file
 
 
 # --- dispatch -------------------------------------------------------------------
 
 def main(argv):
     utils.setup_logging()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     task = None
     try:
         if len(argv) > 1:
@@ -56,7 +68,11 @@ def main(argv):
             {'val': validate, 'infer': infer, 'export': export}[FLAGS.mode]()
     except UserError as error:
         log.error('error: %s', error)
-        end(2, task)
+        end(2, at_once=task is not None)
+    except Interrupted as interruption:
+        log.error('interrupted by %s%s', signal.Signals(interruption.signum).name,
+                  ': no file was written' if FLAGS.mode != 'train' else '')
+        end(128 + interruption.signum, at_once=True)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
         if task is None:
             raise
@@ -65,18 +81,34 @@ def main(argv):
         log.error('error: %s is gone: training cannot go on. Start any ps task again, then the chief (it resumes '
                   'from its last checkpoint), then the workers', '%s task %s' % gone[0] if gone else
                   'a task of the cluster')
-        end(1, task)
+        end(1, at_once=task is not None)
+    except tf.errors.DeadlineExceededError:
+        if task is None:
+            raise
+        cluster_silent(task, 'training', FLAGS.cluster_timeout)
     except tf.errors.OpError as error:
         if utils.NO_READABLE_IMAGES not in error.message:
             raise
         log.error('error: %s', error.message[error.message.index(utils.NO_READABLE_IMAGES):].splitlines()[0])
-        end(2, task)
+        end(2, at_once=task is not None)
 
 
-def end(code, task):
-    """Exits with an error code; a cluster task at once, since threads of its session may wait on a task that is
-    gone and hold up the interpreter's exit."""
-    if task:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM (what job schedulers send) outside the training loop, which saves and stops."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
+def end(code, at_once):
+    """Exits with an error code; a cluster task (or an interrupted process) at once, since threads of its session
+    may wait on a task that is gone, or on input, and hold up the interpreter's exit."""
+    if at_once:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -104,9 +136,10 @@ def train(task):
         training = role.training_graph(arch, batch, global_step, devices)
         training['paths'] = batch['paths']
         books.build(arch, training)
+    interrupted = stop_on_signals()
     with role.session(books, arch) as session, books.opened(session, arch):
-        step, interrupted = training_loop(session, role, books, training, session.run(global_step), train_count)
-        books.close(session, step, interrupted)
+        step = training_loop(session, role, books, training, session.run(global_step), train_count, interrupted)
+        books.close(session, step, bool(interrupted))
         role.end(session, step)
 
 
@@ -114,12 +147,12 @@ def validate():
     folder = reading_folder()
     model = folder.model(FLAGS.checkpoint)
     charset = utils.Charset(model.arch.charset)
-    val_data, _ = labelled_set(FLAGS.val_dir, 'val_dir', model.arch, charset, FLAGS.batch_size)
+    val_data, count = labelled_set(FLAGS.val_dir, 'val_dir', model.arch, charset, FLAGS.batch_size)
     reader = build_reader(model.arch, val_data, 'val')
     with v1.Session(config=session_config()) as session:
         restore(session, model)
         log.info('restored %s', model.checkpoint)
-        results = read_all(session, reader, charset)
+        results = read_all(session, reader, charset, utils.Progress(count, 'val'))
     accuracy, cer = report_validation(results)
     report_coverage(results)
     print('accuracy=%.4f cer=%.4f images=%d' % (accuracy, cer, len(results['labels'])))
@@ -130,20 +163,15 @@ def infer():
     model = folder.model(FLAGS.checkpoint)
     charset = utils.Charset(model.arch.charset)
     paths = utils.list_images(FLAGS.infer_dir, 'infer_dir')
-    check_infer_output(FLAGS.infer_output, paths)
+    output = infer_output(paths)
     shape = (model.arch.image_height, model.arch.image_width, model.arch.image_channel)
     reader = build_reader(model.arch, utils.image_dataset(paths, None, charset, FLAGS.batch_size, shape,
-                                                          keep_unreadable=True), 'infer')
-
-    def progress(done):
-        if done == len(paths) or done // FLAGS.batch_size % LOG_EVERY_STEPS == 0:
-            log.info('infer: %d/%d images', done, len(paths))
-
+                                                          keep_unreadable=True, flag_name='infer_dir'), 'infer')
     with v1.Session(config=session_config()) as session:
         restore(session, model)
         log.info('restored %s; reading %d images of %s', model.checkpoint, len(paths), FLAGS.infer_dir)
-        results = read_all(session, reader, charset, progress)
-    utils.write_atomically(FLAGS.infer_output, ''.join(result_lines(results)))
+        results = read_all(session, reader, charset, utils.Progress(len(paths), 'infer'))
+    output.write(''.join(result_lines(results)))
     unreadable = results['ok'].count(False)
     log.info('wrote %d readings to %s%s', len(paths), FLAGS.infer_output,
              ' (%d unreadable images have empty readings)' % unreadable if unreadable else '')
@@ -153,16 +181,7 @@ def export():
     """Writes the model's inference variables (no optimiser slots, no step) to --export_dir with its
     architecture.json and model.json (the step and validation record it was exported from), and a SavedModel
     beside them: a folder that --checkpoint_dir can point at, a few MB."""
-    if not FLAGS.export_dir:
-        raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
-    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
-        raise UserError('--export_dir=%s is a file, not a folder' % FLAGS.export_dir)
-    folder, target = reading_folder(), ModelFolder(FLAGS.export_dir)
-    model = folder.model(FLAGS.checkpoint)
-    if os.path.realpath(FLAGS.export_dir) == os.path.realpath(folder.directory):
-        raise UserError('--export_dir=%s holds the model being exported: choose another folder' % FLAGS.export_dir)
-    if target.latest() and not FLAGS.overwrite:
-        raise UserError('--export_dir=%s already holds a model (--overwrite replaces it)' % FLAGS.export_dir)
+    folder, model, target = export_plan()
     images = v1.placeholder(tf.uint8, [None, model.arch.image_height, model.arch.image_width,
                                        model.arch.image_channel])
     ocr.reading_graph(model.arch, images)
@@ -176,6 +195,26 @@ def export():
     write_saved_model(model.arch, model.checkpoint, FLAGS.export_dir)
     log.info('exported %s (step %s) to %s, and a SavedModel beside it: %.1f MB in all', model.checkpoint,
              record.get('step', '?'), path, target.size() / 2 ** 20)
+
+
+def export_plan():
+    """The model folder and Model to export, and the ModelFolder of --export_dir, made after every check."""
+    if not FLAGS.export_dir:
+        raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
+    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+        raise UserError('--export_dir=%s is a file, not a folder' % FLAGS.export_dir)
+    check_writable(FLAGS.export_dir, 'export_dir')
+    folder, target = reading_folder(), ModelFolder(FLAGS.export_dir)
+    model = folder.model(FLAGS.checkpoint)
+    if os.path.realpath(FLAGS.export_dir) == os.path.realpath(folder.directory):
+        raise UserError('--export_dir=%s holds the model being exported: choose another folder' % FLAGS.export_dir)
+    if target.latest() and not FLAGS.overwrite:
+        raise UserError('--export_dir=%s already holds a model (--overwrite replaces it)' % FLAGS.export_dir)
+    try:
+        os.makedirs(FLAGS.export_dir, exist_ok=True)
+    except OSError as error:
+        raise UserError('--export_dir=%s cannot be created (%s)' % (FLAGS.export_dir, error.strerror))
+    return folder, model, target
 
 
 # --- the model folder -----------------------------------------------------------
@@ -214,9 +253,13 @@ class ModelFolder:
             return None
         try:
             with open(path) as file:
-                return ocr.Architecture(**json.load(file))
+                arch = ocr.Architecture(**json.load(file))
+        except OSError as error:
+            raise UserError('%s cannot be read (%s)' % (path, error.strerror))
         except (ValueError, TypeError) as error:
             raise UserError('%s is not a valid architecture file of this version (%s)' % (path, error))
+        utils.check_architecture(arch, path)
+        return arch
 
     def save_architecture(self, arch):
         os.makedirs(self.directory, exist_ok=True)
@@ -227,27 +270,61 @@ class ModelFolder:
         return tf.train.latest_checkpoint(self.directory) if os.path.isdir(self.directory) else None
 
     def best(self):
-        """The best validated checkpoint and its record {step, accuracy, cer}, or (None, None)."""
-        path = tf.train.latest_checkpoint(self.best_dir) if os.path.isdir(self.best_dir) else None
-        if path is None:
+        """The best validated checkpoint and its record {step, accuracy, cer}, or (None, None). best.json names
+        it; without a readable best.json, the newest checkpoint of best/ is used, its accuracy unknown."""
+        steps = self.steps(self.best_dir)
+        if not steps:
             return None, None
         record_path = os.path.join(self.best_dir, self.BEST_RECORD)
         try:
             with open(record_path) as file:
                 record = json.load(file)
-            return path, {'step': int(record['step']), 'accuracy': float(record['accuracy']),
-                          'cer': float(record['cer'])}
+            record = {'step': int(record['step']), 'accuracy': float(record['accuracy']),
+                      'cer': float(record['cer'])}
+            if record['step'] in steps:
+                return steps[record['step']], record
+            problem = 'its checkpoint of step %d is missing' % record['step']
         except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warning('warning: %s is missing or damaged (%s); its checkpoint %s is used, its accuracy unknown',
-                        record_path, error, path)
-            step = re.search(r'-(\d+)$', path)
-            return path, {'step': int(step.group(1)) if step else -1, 'accuracy': -1.0, 'cer': float('inf')}
+            problem = error
+        path = steps[max(steps)]
+        log.warning('warning: %s is missing or damaged (%s); %s is used, its accuracy unknown', record_path,
+                    problem, path)
+        return path, {'step': max(steps), 'accuracy': -1.0, 'cer': float('inf')}
+
+    def steps(self, folder):
+        """{step: checkpoint path} of the complete checkpoints (index written) in a folder."""
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        found = [re.fullmatch(r'%s-(\d+)\.index' % self.CHECKPOINT_PREFIX, name) for name in names]
+        return {int(match.group(1)): os.path.join(folder, match.group(0)[:-len('.index')])
+                for match in found if match}
+
+    def newest(self):
+        """The newest checkpoint of the folder, rolling or best (a training killed between a validation and the
+        next save has only its best): a Model's checkpoint and record (None for a rolling one), or (None, None)."""
+        latest, (best, record) = self.latest(), self.best()
+        if best and (latest is None or record['step'] >= checkpoint_step(latest)):
+            return best, record
+        return latest, None
 
     def holds_model(self):
-        return bool(self.latest() or self.best()[0])
+        return bool(self.newest()[0])
 
     def save_best_record(self, record):
+        """Writes best.json, which makes its step's checkpoint the best, then removes the other checkpoints of
+        best/ (a training killed between the two leaves them for remove_leftovers)."""
         utils.write_atomically(os.path.join(self.best_dir, self.BEST_RECORD), json.dumps(record, indent=2))
+        self.remove_superseded()
+
+    def remove_superseded(self):
+        """Removes the files of the checkpoints of best/ that best.json does not name; returns their names."""
+        best, record = self.best()
+        keep = os.path.basename(best) + '.' if best and record['accuracy'] >= 0 else None
+        removed = []
+        for name in os.listdir(self.best_dir) if keep else []:
+            if name.startswith(self.CHECKPOINT_PREFIX + '-') and not name.startswith(keep):
+                os.remove(os.path.join(self.best_dir, name))
+                removed.append(os.path.join(self.BEST, name))
+        return removed
 
     def model(self, which):
         """The Model that --checkpoint chooses (`best`, or `latest`); no model here is a UserError."""
@@ -259,7 +336,7 @@ class ModelFolder:
         elif which == 'best' and FLAGS['checkpoint'].present:
             raise UserError('--checkpoint=best: no validated model in %s' % self.best_dir)
         else:
-            checkpoint, record = self.latest(), None
+            checkpoint, record = self.newest()
         if checkpoint is None:
             raise UserError('no checkpoint in --checkpoint_dir=%s: train a model first (--mode=train) '
                             'or point --checkpoint_dir at one' % self.directory)
@@ -348,26 +425,33 @@ class ModelFolder:
                     path = os.path.join(folder, name)
                     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
                     removed.append(os.path.relpath(path, self.directory))
+        removed += self.remove_superseded()
         if removed:
             log.warning('warning: removed what an interrupted training left in %s: %s', self.directory,
                         ', '.join(utils.shorten(removed)))
 
 
+def checkpoint_step(path):
+    return int(re.search(r'-(\d+)$', path).group(1))
+
+
 def lock_holder(path):
     """(host, pid, alive) of the training that holds a lock file, or None where there is none. A lock made a moment
-    ago may not hold its line yet: it is read again for up to 5 s."""
-    for _ in range(50):
+    ago may not hold its line yet: a lock without it is waited on until it is 2 s old, then taken as dead."""
+    while True:
         try:
             with open(path) as file:
                 holder = file.read().split()
+            age = time.time() - os.path.getmtime(path)
         except FileNotFoundError:
             return None
         if len(holder) == 2 and holder[1].isdigit():
             host, pid = holder[0], int(holder[1])
             here = host == socket.gethostname()
             return host, pid, not here or (pid != os.getpid() and process_alive(pid))
+        if not 0 <= age < LOCK_WRITE_SECONDS:
+            return '?', 0, False  # its writer died before writing its line
         time.sleep(0.1)
-    return '?', 0, False  # a lock without its line for 5 s: its writer died at once
 
 
 def process_alive(pid):
@@ -414,7 +498,8 @@ def resolve_architecture(saved, directory):
 def check_fits(checkpoint, variables, context):
     """A checkpoint that lacks a variable of the graph, or holds one in another shape, is a UserError that lists
     the differences (say a num_hidden edited in architecture.json), instead of TensorFlow's restore error."""
-    saved = dict(tf.train.list_variables(checkpoint))
+    with readable(checkpoint):
+        saved = dict(tf.train.list_variables(checkpoint))
     problems = ['%s: not in the checkpoint' % v.op.name for v in variables if v.op.name not in saved]
     problems += ['%s: %s here, %s in the checkpoint' % (v.op.name, v.shape.as_list(), saved[v.op.name])
                  for v in variables if v.op.name in saved and v.shape.as_list() != list(saved[v.op.name])]
@@ -423,10 +508,24 @@ def check_fits(checkpoint, variables, context):
             checkpoint, os.path.basename(checkpoint), context, len(problems), '\n  '.join(utils.shorten(problems))))
 
 
-def restore(session, model):
-    """Restores every variable of the graph from a Model's checkpoint, after check_fits."""
+def restore(session, model, saver=None):
+    """Restores every variable of the graph from a Model's checkpoint, after check_fits; a damaged checkpoint is a
+    UserError that names it."""
     check_fits(model.checkpoint, v1.global_variables(), model.built_from)
-    v1.train.Saver().restore(session, model.checkpoint)
+    with readable(model.checkpoint):
+        (saver or v1.train.Saver()).restore(session, model.checkpoint)
+
+
+@contextlib.contextmanager
+def readable(checkpoint):
+    """Turns TensorFlow's error for a checkpoint that cannot be read (truncated, damaged) into a UserError."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+            tf.errors.OutOfRangeError, tf.errors.UnknownError) as error:
+        raise UserError('checkpoint %s cannot be read, its files are damaged or incomplete (%s): delete them to '
+                        'use an earlier checkpoint, or train again' % (checkpoint,
+                                                                         error.message.strip().splitlines()[0]))
 
 
 def check_writable(directory, flag_name):
@@ -443,11 +542,10 @@ def check_writable(directory, flag_name):
 
 # --- training: the loop ---------------------------------------------------------
 
-def training_loop(session, role, books, training, step, train_count):
-    """Runs training steps until --max_steps, the end of --num_epochs, Ctrl-C or the chief's end of a cluster's
-    training; returns the last step and whether Ctrl-C stopped it."""
+def training_loop(session, role, books, training, step, train_count, interrupted):
+    """Runs training steps until --max_steps, the end of --num_epochs, a signal (the list interrupted holds it) or
+    the chief's end of a cluster's training; returns the last step."""
     first_step, timer = step + 1, StepTimer()
-    interrupted = stop_on_ctrl_c()
     try:
         while (not FLAGS.max_steps or step < FLAGS.max_steps) and not interrupted and not role.finished(session):
             fetched = session.run(books.fetches(training))
@@ -465,7 +563,7 @@ def training_loop(session, role, books, training, step, train_count):
         log.info('%sfinished --num_epochs=%d%s', role.prefix, FLAGS.num_epochs, role.shard_words)
     if FLAGS.max_steps and first_step > FLAGS.max_steps:
         log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
-    return step, bool(interrupted)
+    return step
 
 
 class StepTimer:
@@ -491,17 +589,20 @@ def passed(before, step, every):
     return step // every > before // every
 
 
-def stop_on_ctrl_c():
-    """A list that Ctrl-C appends to, so that training stops after the step in progress and saves; a second
-    Ctrl-C interrupts at once. (An exception raised in the middle of a session run can leave its input pipeline
-    waiting forever.)"""
+def stop_on_signals():
+    """A list that Ctrl-C (SIGINT) or SIGTERM appends to from now on, so that training (or its start) stops after
+    the step in progress and saves; a second signal interrupts at once. (An exception raised in the middle of a
+    session run can leave its input pipeline waiting forever.)"""
     requested = []
 
     def request_stop(signum, frame):
         requested.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        log.info('%s: stopping after this step, then saving (again to stop at once)', signal.Signals(signum).name)
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, interrupt)
 
-    signal.signal(signal.SIGINT, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
     return requested
 
 
@@ -585,13 +686,17 @@ class Books:
     def validate(self, session, step):
         """Reads val_dir, logs and summarises accuracy, CER and a few readings, and keeps the best model."""
         results = read_all(session, self.validator, self.charset)
+        self.validated_step = step
+        if not results['labels']:
+            log.warning('warning: step %d: not one image of --val_dir=%s can be read any more: validation skipped',
+                        step, FLAGS.val_dir)
+            return
         accuracy, cer = report_validation(results, step)
         self.writer.add_summary(v1.Summary(value=[
             v1.Summary.Value(tag='val/accuracy', simple_value=accuracy),
             v1.Summary.Value(tag='val/cer', simple_value=cer),
             v1.Summary.Value(tag='val/readings', image=readings_image(results))]), step)
         self.keeper.offer(session, step, accuracy, cer)
-        self.validated_step = step
 
 
 class NoBooks:
@@ -627,31 +732,45 @@ class Keeper:
     def __init__(self, folder):
         self.folder = folder
         self.rolling = v1.train.Saver(max_to_keep=5, save_relative_paths=True)
-        self.best_saver = v1.train.Saver(max_to_keep=1, save_relative_paths=True)
+        self.best_saver = v1.train.Saver(max_to_keep=None, save_relative_paths=True)  # best.json chooses
         self.best = {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
 
     def resume(self, session, model):
         """Restores a Model of the folder and takes over its lists of checkpoints and its best record."""
-        check_fits(model.checkpoint, v1.global_variables(), model.built_from)
-        self.rolling.restore(session, model.checkpoint)
-        self.rolling.recover_last_checkpoints(
-            tf.train.get_checkpoint_state(self.folder.directory).all_model_checkpoint_paths)
+        restore(session, model, self.rolling)
+        state = tf.train.get_checkpoint_state(self.folder.directory)
+        self.rolling.recover_last_checkpoints(state.all_model_checkpoint_paths if state else [])
         best_path, best = self.folder.best()
         if best_path:
-            self.best_saver.recover_last_checkpoints([best_path])
             self.best = best
 
     def save(self, session, step):
-        self.rolling.save(session, self.folder.checkpoint_prefix, global_step=step)
+        with self.saving(step, self.folder.directory):
+            self.rolling.save(session, self.folder.checkpoint_prefix, global_step=step)
         log.info('step %d: saved checkpoint to %s', step, self.folder.directory)
+
+    @contextlib.contextmanager
+    def saving(self, step, directory):
+        """A save that fails (a full disk, a folder made read-only) is a UserError that names the folder and says
+        where --restore will resume, not TensorFlow's error, whose hint talks about memory."""
+        try:
+            yield
+        except (tf.errors.OpError, OSError) as error:
+            message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+            resume = self.folder.newest()[0]
+            raise UserError('step %d: cannot save to %s: %s. Make room there, then continue with --restore (%s)' % (
+                step, directory, message.strip().splitlines()[0],
+                'from step %d, the last checkpoint saved' % checkpoint_step(resume) if resume
+                else 'nothing was saved yet: it starts again'))
 
     def offer(self, session, step, accuracy, cer):
         """Keeps the model as the best when it validates better than the best so far."""
         if (accuracy, -cer) > (self.best['accuracy'], -self.best['cer']):
             self.best = {'step': int(step), 'accuracy': accuracy, 'cer': cer}
-            self.best_saver.save(session, os.path.join(self.folder.best_dir, ModelFolder.CHECKPOINT_PREFIX),
-                                 global_step=step)
-            self.folder.save_best_record(self.best)
+            with self.saving(step, self.folder.best_dir):
+                self.best_saver.save(session, os.path.join(self.folder.best_dir, ModelFolder.CHECKPOINT_PREFIX),
+                                     global_step=step)
+                self.folder.save_best_record(self.best)
         log.info('step %d: best so far accuracy %.4f, CER %.4f at step %d', step, self.best['accuracy'],
                  self.best['cer'], self.best['step'])
 
@@ -755,7 +874,7 @@ class Chief(ClusterRole, Alone):
         ClusterRole.__init__(self, task)
 
     def restarted(self):
-        restarted = self.folder.latest() is not None and self.folder.cluster() == self.task.cluster
+        restarted = self.folder.newest()[0] is not None and self.folder.cluster() == self.task.cluster
         if restarted:
             log.info('%s holds a checkpoint of this cluster\'s training: the chief resumes it', self.folder.directory)
         return restarted
@@ -804,7 +923,7 @@ class Worker(ClusterRole):
 def training_start(folder, restarted):
     """Architecture, the checkpoint to start from (--init_from) and the Model to resume (--restore, or a chief
     started again) of a training, after refusing combinations that would lose or mix models."""
-    checkpoint = folder.latest()
+    checkpoint = folder.newest()[0]
     if FLAGS.restore and FLAGS.init_from:
         raise UserError('--restore continues a training, --init_from starts a new one from a model: choose one')
     if FLAGS.restore and checkpoint is None:
@@ -846,7 +965,8 @@ def initialise_from(session, checkpoint):
     """Loads the model's weights and batch-norm statistics from a checkpoint (not its optimiser state or step)."""
     wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
     check_fits(checkpoint, wanted, 'for --init_from')
-    v1.train.Saver({v.op.name: v for v in wanted}).restore(session, checkpoint)
+    with readable(checkpoint):
+        v1.train.Saver({v.op.name: v for v in wanted}).restore(session, checkpoint)
     log.info('initialised the model from %s (step 0, fresh optimiser)', checkpoint)
 
 
@@ -909,9 +1029,33 @@ def serve_variables(task):
     log.info('%s: the chief has ended the training', task)
 
 
+def cluster_silent(task, doing, seconds):
+    """Ends a task that waited in vain for the others."""
+    log.error('error: %s: no answer from the cluster within %d s (--cluster_timeout=%d) while %s: is every task '
+              'running, not stopped, and is every address one of this cluster\'s TensorFlow servers? (A chief '
+              'that validates or saves for longer needs a longer --cluster_timeout)', task, seconds,
+              FLAGS.cluster_timeout, doing)
+    end(1, at_once=True)
+
+
+@contextlib.contextmanager
+def watchdog(task, doing):
+    """Bounds a wait that TensorFlow's runtime leaves without a deadline (a session's creation waits forever for a
+    frozen task, or for an address that is no TensorFlow server): after twice --cluster_timeout, the waits with
+    deadlines of their own being over, the task ends with an error."""
+    seconds = 2 * FLAGS.cluster_timeout
+    timer = threading.Timer(seconds, cluster_silent, (task, doing, seconds))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def architecture_from_chief(task, server):
     """The model architecture the chief trains, once it has initialised the model (waiting --cluster_timeout)."""
-    with tf.Graph().as_default():
+    with tf.Graph().as_default(), watchdog(task, 'waiting for the chief'):
         architecture, _ = ocr.cluster_variables()
         uninitialised = v1.report_uninitialized_variables([architecture])
         with v1.Session(server.target, config=cluster_config(task)) as session:
@@ -959,8 +1103,9 @@ class Replication:
             start(session)
             session.run(self.publish, {self.published: json.dumps(arch._asdict())})
 
-        session = self.manager.prepare_session(server.target, init_fn=start_and_publish,
-                                               config=cluster_config(self.task))
+        with watchdog(self.task, 'starting its session'):
+            session = self.manager.prepare_session(server.target, init_fn=start_and_publish,
+                                                   config=cluster_config(self.task))
         if self.sync:
             session.run(self.first_tokens)
             self.token_runner.create_threads(session, coord=self.coordinator, daemon=True, start=True)
@@ -971,8 +1116,9 @@ class Replication:
     def worker_session(self, server):
         """A worker's session, once the chief has initialised the model (waiting --cluster_timeout)."""
         try:
-            return self.manager.wait_for_session(server.target, config=cluster_config(self.task),
-                                                 max_wait_secs=FLAGS.cluster_timeout)
+            with watchdog(self.task, 'waiting for its session'):
+                return self.manager.wait_for_session(server.target, config=cluster_config(self.task),
+                                                     max_wait_secs=FLAGS.cluster_timeout)
         except tf.errors.DeadlineExceededError:
             raise UserError('%s: the chief has not initialised the model after --cluster_timeout=%d s' % (
                 self.task, FLAGS.cluster_timeout))
@@ -1008,9 +1154,9 @@ def build_reader(arch, dataset, mode):
                                   'paths': batch['paths'], 'ok': batch['ok']}
 
 
-def read_all(session, reader, charset, on_batch=None):
+def read_all(session, reader, charset, progress=None):
     """Runs a reader over its whole dataset: lists of predictions, confidences, labels, paths and readable
-    flags."""
+    flags; a utils.Progress shows how far it is."""
     initializer, fetches = reader
     session.run(initializer)
     results = {'predictions': [], 'confidence': [], 'labels': [], 'paths': [], 'ok': []}
@@ -1018,14 +1164,16 @@ def read_all(session, reader, charset, on_batch=None):
         try:
             batch = session.run(fetches)
         except tf.errors.OutOfRangeError:
+            if progress:
+                progress.finish()
             return results
         results['predictions'] += [charset.decode(row) for row in batch['decoded']]
         results['confidence'] += [float(value) for value in batch['confidence']]
         results['labels'] += [label.decode() for label in batch['labels']]
         results['paths'] += [os.fsdecode(path) for path in batch['paths']]
         results['ok'] += list(batch['ok'])
-        if on_batch:
-            on_batch(len(results['paths']))
+        if progress:
+            progress.update(len(results['paths']))
 
 
 def report_validation(results, step=None):
@@ -1066,7 +1214,7 @@ def labelled_set(directory, flag_name, arch, charset, batch_size, shard=(0, 1), 
             flag_name, directory, len(paths), count))
     paths, labels = paths[index::count], labels[index::count]
     shape = (arch.image_height, arch.image_width, arch.image_channel)
-    return utils.image_dataset(paths, labels, charset, batch_size, shape, **options), len(paths)
+    return utils.image_dataset(paths, labels, charset, batch_size, shape, flag_name=flag_name, **options), len(paths)
 
 
 def readings_image(results, count=SAMPLES_SHOWN):
@@ -1086,17 +1234,12 @@ def readings_image(results, count=SAMPLES_SHOWN):
                             encoded_image_string=cv2.imencode('.png', grid)[1].tobytes())
 
 
-def check_infer_output(output, paths):
-    """Refuses, before any image is read, an --infer_output that cannot be written or that is one of the images."""
-    folder = os.path.dirname(os.path.abspath(output))
-    if os.path.isdir(output):
-        raise UserError('--infer_output=%s is a folder: name a file to write' % output)
-    if not os.path.isdir(folder):
-        raise UserError('--infer_output=%s: no such folder %s' % (output, folder))
-    if not os.access(folder, os.W_OK) or (os.path.exists(output) and not os.access(output, os.W_OK)):
-        raise UserError('--infer_output=%s cannot be written (no write permission)' % output)
-    if os.path.realpath(output) in {os.path.realpath(path) for path in paths}:
-        raise UserError('--infer_output=%s is one of the images of --infer_dir: name another file' % output)
+def infer_output(paths):
+    """The --infer_output file (utils.OutputFile), checked before any image is read; one of the images is refused."""
+    output = utils.OutputFile(FLAGS.infer_output, 'infer_output')
+    if output.path in {os.path.realpath(path) for path in paths}:
+        raise UserError('--infer_output=%s is one of the images of --infer_dir: name another file' % FLAGS.infer_output)
+    return output
 
 
 def result_lines(results):
@@ -1115,16 +1258,19 @@ def result_lines(results):
 def write_saved_model(arch, checkpoint, export_dir):
     """The model as a SavedModel at the top of export_dir (saved_model.pb and variables/, tag serve) for TensorFlow
     Serving or tf.saved_model.load: its serving_default signature takes image_bytes (string [n], encoded image
-    files) and returns text (string [n]) and confidence (float32 [n]); decoding, resizing and the --decoder run
-    in the graph."""
-    shape = [arch.image_height, arch.image_width, arch.image_channel]
+    files) and returns text (string [n]), confidence (float32 [n]) and readable (bool [n]); decoding, resizing
+    and the --decoder run in the graph. An image that cannot be decoded (or is too large) reads as '' with
+    confidence 0 and readable false, without failing the others."""
     with tf.Graph().as_default() as graph:
         image_bytes = v1.placeholder(tf.string, [None], name='image_bytes')
-        images = tf.map_fn(lambda encoded: utils.decode_image_bytes(encoded, *shape), image_bytes,
-                           fn_output_signature=tf.TensorSpec(shape, tf.uint8))               # [n, h, w, c]
+        images, where = utils.decode_image_batch(image_bytes, arch.image_height, arch.image_width,
+                                                 arch.image_channel)            # [k + 1, h, w, c], [n]
         ids, confidence = ocr.reading_graph(arch, images, FLAGS.decoder, FLAGS.beam_width)
-        signature = v1.saved_model.predict_signature_def(
-            {'image_bytes': image_bytes}, {'text': ocr.reading_text(arch.charset, ids), 'confidence': confidence})
+        readable = where >= 0
+        row = tf.maximum(where, 0)
+        signature = v1.saved_model.predict_signature_def({'image_bytes': image_bytes}, {
+            'text': tf.where(readable, tf.gather(ocr.reading_text(arch.charset, ids), row), ''),
+            'confidence': tf.where(readable, tf.gather(confidence, row), 0.0), 'readable': readable})
         staging = tempfile.mkdtemp(dir=export_dir)
         with v1.Session(graph=graph) as session:
             v1.train.Saver().restore(session, checkpoint)
@@ -1187,12 +1333,16 @@ def session_config():
 
 
 def cluster_config(task):
-    """session_config(), seeing only this task and the ps tasks (a worker that is down does not hold others up)."""
+    """session_config(), seeing only this task and the ps tasks (a worker that is down does not hold others up);
+    a worker's every session run waits at most --cluster_timeout for the tasks it needs (a task frozen, or an
+    address answered by something else, is an error, not a hang). A ps task waits for the chief's end."""
     config = session_config()
     config.device_filters.extend([task.device] + (['/job:ps'] if task.job != 'ps' else []))
+    if task.job != 'ps':
+        config.operation_timeout_in_ms = FLAGS.cluster_timeout * 1000
     return config
 
 
 if __name__ == '__main__':
     v1.disable_eager_execution()
-    utils.run_app(main)
+    utils.run_app(main, USAGE)

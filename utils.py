@@ -5,13 +5,17 @@ from `<id>_<label>.<ext>` files into a streaming `tf.data` pipeline that keeps
 them uint8 until the graph; the model never opens a file.
 """
 import ast
+import errno
+import io
 import json
 import logging
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
+import time
 
 # Quiet by default: TensorFlow's C++ start-up lines (a "failed call to cuInit" on machines without a GPU reads as a
 # failure; some are printed while TensorFlow loads, before any log level applies, so the process's stderr goes to
@@ -23,6 +27,7 @@ os.environ.setdefault('OPENCV_LOG_LEVEL', 'ERROR')
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
 
 _stderr = os.dup(2) if QUIET else None
 try:
@@ -169,6 +174,8 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
 MAX_NAME_BYTES = 255  # longest file name of common file systems
 NO_READABLE_IMAGES = 'not one image of this folder can be read'  # the error of a folder of unreadable files
 CACHE_BYTES = 256 * 2 ** 20  # image_dataset keeps the decoded images of a data set that fits
+MAX_IMAGE_PIXELS = 64 * 2 ** 20  # larger image files are unreadable: a text line is never that large
+PIL.Image.MAX_IMAGE_PIXELS = None  # Pillow's own bound (a warning, then an error) gives way to that one
 
 log = logging.getLogger('ocr')
 
@@ -189,9 +196,23 @@ def setup_logging():
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
 
 
-def run_app(main):
-    """tf.compat.v1.app.run(main), but a flag value that does not parse (--precision=fp8, --seed=x) ends in one
-    line naming it, exit code 2, not a traceback."""
+HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+
+
+def run_app(main, usage=None):
+    """tf.compat.v1.app.run(main), but --help prints usage (the script's docstring without it) and the tool's
+    flags (--helpfull: every flag) and exits 0, and a flag value that does not parse (--precision=fp8, --seed=x)
+    ends in one line naming it, exit code 2, not a traceback."""
+    asked = [argument for argument in sys.argv[1:] if argument in HELP]
+    if asked:
+        full = asked[0] == '--helpfull'
+        try:
+            flag_help = FLAGS.get_help() if full else 'flags (all in utils.py):\n' + FLAGS.module_help(__name__)
+            print('%s\n\n%s' % (usage or sys.modules['__main__'].__doc__, flag_help))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     try:
         FLAGS(sys.argv, known_only=True)
     except flags.Error as error:
@@ -200,30 +221,39 @@ def run_app(main):
     tf.compat.v1.app.run(main)
 
 
-# (flag, lowest, highest, whether the lowest itself is allowed): every numeric flag's range, checked at start.
+# (flag, lowest, highest, whether the lowest itself is allowed): every numeric flag's range, checked at start. The
+# highest values lie far beyond any real use; they stop a typo (--batch_size=100000000) before it fills memory.
+STEPS = 10 ** 12
 NUMERIC_FLAGS = [
     ('initial_learning_rate', 0, math.inf, False), ('decay_rate', 0, 1, False), ('beta1', 0, 1, True),
     ('beta2', 0, 1, True), ('momentum', 0, 1, True), ('leakiness', 0, 1, True), ('output_keep_prob', 0, 1, False),
-    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('image_height', 1, math.inf, True),
-    ('image_width', 1, math.inf, True), ('cnn_count', 1, math.inf, True), ('out_channels', 1, math.inf, True),
-    ('num_hidden', 1, math.inf, True), ('rnn_layers', 1, math.inf, True), ('rhn_depth', 1, math.inf, True),
-    ('batch_size', 1, math.inf, True), ('save_steps', 1, math.inf, True), ('validation_steps', 1, math.inf, True),
-    ('decay_steps', 1, math.inf, True), ('beam_width', 1, math.inf, True), ('num_epochs', 1, math.inf, True),
-    ('max_steps', 0, math.inf, True), ('num_gpus', 0, math.inf, True), ('warmup_steps', 0, math.inf, True),
-    ('max_stepsize', 0, math.inf, True), ('seed', 0, math.inf, True), ('num_images', 1, math.inf, True),
-    ('train_size', 0, math.inf, True), ('min_len', 1, math.inf, True), ('max_len', 1, math.inf, True),
-    ('task_index', 0, math.inf, True), ('cluster_timeout', 1, math.inf, True)]
+    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('image_height', 1, 1024, True),
+    ('image_width', 1, 8192, True), ('image_channel', 1, 3, True), ('cnn_count', 1, 16, True),
+    ('out_channels', 1, 4096, True), ('num_hidden', 1, 4096, True), ('rnn_layers', 1, 64, True),
+    ('rhn_depth', 1, 64, True), ('batch_size', 1, 16384, True), ('save_steps', 1, STEPS, True),
+    ('validation_steps', 1, STEPS, True), ('decay_steps', 1, STEPS, True), ('beam_width', 1, 1000, True),
+    ('num_epochs', 1, 10 ** 9, True), ('max_steps', 0, STEPS, True), ('num_gpus', 0, 64, True),
+    ('warmup_steps', 0, STEPS, True), ('max_stepsize', 0, 8192, True), ('seed', 0, 2 ** 31 - 1, True),
+    ('num_images', 1, 10 ** 8, True), ('train_size', 0, 10 ** 9, True), ('min_len', 1, 1000, True),
+    ('max_len', 1, 1000, True), ('task_index', 0, 10000, True), ('cluster_timeout', 1, 10 ** 6, True)]
+RANGES = {name: (low, high, low_allowed) for name, low, high, low_allowed in NUMERIC_FLAGS}
+MAX_BATCH_PIXELS = 2 ** 26  # batch_size x image_height x image_width; the first conv unit's output: 256 bytes each
+
+
+def check_range(name, value, where=None):
+    """A numeric flag's value (or an architecture field's) finite and in its range, else a UserError naming it."""
+    low, high, low_allowed = RANGES[name]
+    if not math.isfinite(value) or value < low or value > high or (value == low and not low_allowed):
+        raise UserError('%s=%s: must be %s%s%s' % (
+            where or '--' + name, value, 'at least %s' % low if low_allowed else 'more than %s' % low,
+            '' if high == math.inf else ' and at most %s' % high, ' (a finite number)'
+            if not math.isfinite(value) else ''))
 
 
 def check_numeric_flags():
-    """Every numeric flag finite and in its range, and --lr_boundaries step numbers; else a UserError naming it."""
-    for name, low, high, low_allowed in NUMERIC_FLAGS:
-        value = getattr(FLAGS, name)
-        if not math.isfinite(value) or value < low or value > high or (value == low and not low_allowed):
-            raise UserError('--%s=%s: must be %s%s%s' % (
-                name, value, 'at least %s' % low if low_allowed else 'more than %s' % low,
-                '' if high == math.inf else ' and at most %s' % high, ' (a finite number)'
-                if not math.isfinite(value) else ''))
+    """Every numeric flag in its range and --lr_boundaries step numbers; else a UserError naming the flag."""
+    for name in RANGES:
+        check_range(name, getattr(FLAGS, name))
     if not all(boundary.isdigit() for boundary in FLAGS.lr_boundaries):
         raise UserError('--lr_boundaries=%s: must be step numbers, e.g. 20000,40000' % ','.join(FLAGS.lr_boundaries))
 
@@ -236,6 +266,12 @@ def check_main_flags():
     if FLAGS.mode not in MAIN_MODES:
         raise UserError('--mode=%s: main.py runs train, val, infer or export' % FLAGS.mode)
     check_numeric_flags()
+    pixels = FLAGS.batch_size * FLAGS.image_height * FLAGS.image_width
+    if pixels > MAX_BATCH_PIXELS:
+        raise UserError('--batch_size=%d x --image_height=%d x --image_width=%d = %d pixels a batch: at most %d (the '
+                        'first conv unit alone would need %.0f GB)' % (
+                            FLAGS.batch_size, FLAGS.image_height, FLAGS.image_width, pixels, MAX_BATCH_PIXELS,
+                            pixels * 256 / 1e9))
     check_precision()
 
 
@@ -274,18 +310,33 @@ def check_schedule():
         raise UserError('--lr_boundaries=%s: must be increasing step numbers' % ','.join(FLAGS.lr_boundaries))
 
 
-def check_architecture(arch):
-    """An architecture (from the flags or architecture.json) that cannot be built, named by its flag."""
-    for name in ('image_height', 'image_width', 'cnn_count', 'out_channels', 'num_hidden', 'rnn_layers',
-                 'rhn_depth'):
-        if getattr(arch, name) < 1:
-            raise UserError('--%s=%s: must be at least 1' % (name, getattr(arch, name)))
+def check_architecture(arch, source=None):
+    """An architecture (from the flags, or architecture.json: its path is source) that cannot be built: a value of
+    the wrong type or out of its flag's range, named by its flag or by the file and field."""
+    for name in ocr.Architecture._fields:
+        value, expected = getattr(arch, name), type(FLAGS[name].default)
+        where = field_name(name, source)
+        if type(value) is not expected and not (expected is float and type(value) is int):
+            raise UserError('%s=%s: must be %s' % (where, json.dumps(value), {
+                int: 'a whole number', float: 'a number', str: 'a string', bool: 'true or false'}[expected]))
+        if name in RANGES:
+            check_range(name, value, where)
     if arch.image_channel not in (1, 3):
-        raise UserError('--image_channel=%s: must be 1 (grey) or 3 (colour)' % arch.image_channel)
+        raise UserError('%s=%s: must be 1 (grey) or 3 (colour)' % (field_name('image_channel', source),
+                                                                  arch.image_channel))
+    if arch.rnn_cell not in ocr.RNN_CELLS:
+        raise UserError('%s=%s: must be one of %s' % (field_name('rnn_cell', source), arch.rnn_cell,
+                                                      ', '.join(ocr.RNN_CELLS)))
     if not 0 <= arch.max_stepsize <= arch.image_width:
-        raise UserError('--max_stepsize=%s: must be between 0 and --image_width=%s' % (
-            arch.max_stepsize, arch.image_width))
+        raise UserError('%s=%s: must be between 0 and %s=%s' % (
+            field_name('max_stepsize', source), arch.max_stepsize, 'image_width' if source else '--image_width',
+            arch.image_width))
     Charset(arch.charset)
+
+
+def field_name(name, source):
+    """How a message names an architecture field: by its flag, or by the file it was read from."""
+    return '%s: %s' % (source, name) if source else '--' + name
 
 
 # --- the cluster ---------------------------------------------------------------
@@ -365,12 +416,19 @@ def cluster_task():
                        '--ps_hosts, --worker_hosts, --job_name, --task_index')
 
 
+def addresses_list(addresses, job):
+    """A TF_CONFIG job's addresses: a list of "host:port" strings, else a ValueError naming the job."""
+    if not isinstance(addresses, list) or not all(isinstance(address, str) for address in addresses):
+        raise ValueError('job %s: %s is not a list of "host:port" strings' % (job, json.dumps(addresses)))
+    return addresses
+
+
 def task_from_tf_config(text):
     """The ClusterTask of a TF_CONFIG value: {"cluster": {"ps": [...], "worker": [...], "chief": [...]},
     "task": {"type": "worker", "index": 0}}."""
     try:
         config = json.loads(text)
-        cluster = {job: list(addresses) for job, addresses in config['cluster'].items()}
+        cluster = {job: addresses_list(addresses, job) for job, addresses in config['cluster'].items()}
         task = config['task']
         job, index = task['type'], int(task.get('index', 0))
     except (ValueError, TypeError, KeyError, AttributeError) as error:
@@ -393,19 +451,165 @@ def printable_name(name):
 
 
 def write_atomically(path, text):
-    """Writes a text file whole or not at all: a temporary file in the same folder, then a rename over path."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Writes a text file whole or not at all: a temporary file in the same folder, then a rename over path. The
+    file keeps the mode of the one it replaces, a new one gets the umask's; a link's target is written, the link
+    kept."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
     handle, temporary = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=folder)
     try:
         with os.fdopen(handle, 'w', encoding='utf-8') as file:
             file.write(text)
             file.flush()
+            os.fchmod(file.fileno(), mode)
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class OutputFile:
+    """A file that a command writes when its work is done (infer's results), checked before the work starts, so
+    that nothing is read in vain. A plain file (or a new one) is replaced atomically and keeps its mode; a link
+    is followed and its target written, the link kept; a character device (/dev/stdout, /dev/null) or a FIFO is
+    opened now and written through; anything else is refused."""
+
+    def __init__(self, path, flag_name):
+        self.flag = '--%s=%s' % (flag_name, path)
+        if not path:
+            raise UserError('--%s is empty: name a file to write' % flag_name)
+        self.path, self.stream = os.path.realpath(path), None
+        try:
+            kind = stat.S_IFMT(os.stat(path).st_mode)  # of what a link leads to (/dev/stdout: a pipe, a terminal)
+        except FileNotFoundError:
+            kind = stat.S_IFREG
+        except OSError as error:
+            raise UserError('%s cannot be examined (%s)' % (self.flag, error.strerror))
+        if kind == stat.S_IFDIR:
+            raise UserError('%s is a folder: name a file to write' % self.flag)
+        if kind == stat.S_IFREG:
+            self.check_folder()
+        elif kind in (stat.S_IFCHR, stat.S_IFIFO):
+            self.stream = self.open_stream(path, kind == stat.S_IFIFO)
+        else:
+            raise UserError('%s is neither a file, a character device nor a FIFO: name a file to write' % self.flag)
+
+    def check_folder(self):
+        """The folder must exist and take a new file (a temporary one is made and removed)."""
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise UserError('%s: no such folder %s' % (self.flag, folder))
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+            raise UserError('%s cannot be written (no write permission)' % self.flag)
+        try:
+            handle, trial = tempfile.mkstemp(prefix='.%s.' % os.path.basename(self.path), suffix='.tmp', dir=folder)
+        except OSError as error:
+            raise UserError('%s cannot be written: no file can be made in %s (%s)' % (self.flag, folder,
+                                                                                     error.strerror))
+        os.close(handle)
+        os.remove(trial)
+
+    def open_stream(self, path, fifo):
+        """The device or FIFO, open for writing; a FIFO that no process reads is refused (writing would wait)."""
+        try:
+            descriptor = os.open(path, os.O_WRONLY | (os.O_NONBLOCK if fifo else 0))
+        except OSError as error:
+            hint = ': start its reader first' if fifo and error.errno == errno.ENXIO else ''
+            raise UserError('%s cannot be opened for writing (%s)%s' % (
+                self.flag, 'no process reads this FIFO' if hint else error.strerror, hint))
+        if fifo:
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, 'w', encoding='utf-8')
+
+    def write(self, text):
+        """Writes text; when that fails, a UserError names the file, after text is printed on stdout so that the
+        work is not lost."""
+        try:
+            if self.stream is None:
+                write_atomically(self.path, text)
+            else:
+                with self.stream:
+                    self.stream.write(text)
+        except OSError as error:
+            sys.stdout.write(text)
+            raise UserError('%s could not be written (%s): its lines are printed above' % (self.flag,
+                                                                                         error.strerror))
+
+
+class Progress:
+    """How far long work over `total` images is: `synth: 12,345/300,000 images (4.1%), 215 images/s, 22 min left`.
+
+    On a terminal the line is rewritten in place, TERMINAL_SECONDS apart at most; elsewhere (a log file, a pipe) it
+    is logged, LOG_SECONDS apart at most, so that logs stay readable. finish() writes the final line either way.
+    `work` is a short word for the work; `clock` gives seconds (a test passes its own).
+    """
+
+    TERMINAL_SECONDS = 0.25
+    LOG_SECONDS = 30
+
+    def __init__(self, total, work, clock=time.monotonic):
+        self.total, self.work, self.clock = total, work, clock
+        self.stream = sys.stdout
+        self.terminal = self.stream.isatty()
+        self.start = self.shown = clock()
+        self.done, self.width = 0, 0
+
+    def update(self, done):
+        """Records that `done` images are done; writes the line when it is due."""
+        self.done = done
+        now = self.clock()
+        if now - self.shown >= (self.TERMINAL_SECONDS if self.terminal else self.LOG_SECONDS):
+            self.shown = now
+            self.show(self.line(now - self.start, final=False))
+
+    def finish(self):
+        """Writes the final line: images done, their rate and the time taken."""
+        self.show(self.line(self.clock() - self.start, final=True))
+        if self.terminal:
+            self.stream.write('\n')
+            self.stream.flush()
+
+    def show(self, line):
+        """Rewrites the terminal's line (padded over a longer one before it), or logs the line."""
+        if not self.terminal:
+            log.info(line)
+            return
+        self.stream.write('\r' + line.ljust(self.width))
+        self.stream.flush()
+        self.width = max(self.width, len(line))
+
+    def line(self, seconds, final):
+        """The progress line after `seconds`: the count and share done, then the rate and the time left (or, when
+        final, the time taken) once there is a rate."""
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        text = '%s: %s/%s images (%.1f%%)' % (self.work, format(self.done, ','), format(self.total, ','), share)
+        if seconds <= 0 or not self.done:
+            return text
+        rate = self.done / seconds
+        text += ', %s images/s' % (format(rate, ',.0f') if rate >= 10 else format(rate, '.1f'))
+        if final:
+            return text + ', took %s' % self.duration(seconds)
+        return text + ', %s left' % self.duration(max(0, self.total - self.done) / rate)
+
+    @staticmethod
+    def duration(seconds):
+        """Seconds as `45 s`, `22 min` or `3 h 05 min`."""
+        if seconds < 59.5:
+            return '%d s' % round(seconds)
+        minutes = round(seconds / 60)
+        return '%d min' % minutes if minutes < 60 else '%d h %02d min' % divmod(minutes, 60)
 
 
 # --- charset -----------------------------------------------------------------
@@ -543,6 +747,16 @@ def opaque_uint8(image):
     return image
 
 
+def stored_size(data):
+    """The pixel count an image file's header gives (0 where Pillow cannot tell), before anything is decoded: a
+    small file may decode to gigabytes."""
+    try:
+        with PIL.Image.open(io.BytesIO(data.tobytes())) as image:
+            return image.width * image.height
+    except Exception:  # noqa: BLE001  (any file Pillow cannot parse is left to OpenCV)
+        return 0
+
+
 def read_image(path, height, width, channels):
     """One image file -> (uint8 [height, width, channels], ok). An unreadable file gives zeros and ok=False."""
     path = os.fsdecode(path)
@@ -551,9 +765,14 @@ def read_image(path, height, width, channels):
     # alpha and depth included, for opaque_uint8.
     jpeg = data[:2].tobytes() == b'\xff\xd8'
     flags = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if jpeg else cv2.IMREAD_UNCHANGED
-    image = cv2.imdecode(data, flags) if data.size else None
+    size = stored_size(data)
+    try:
+        image = cv2.imdecode(data, flags) if data.size and size <= MAX_IMAGE_PIXELS else None
+    except cv2.error:
+        image = None
     if image is None:
-        log.warning('warning: cannot read image %s', printable_name(path))
+        log.warning('warning: cannot read image %s%s', printable_name(path), ' (%d pixels: at most %d are read)' % (
+            size, MAX_IMAGE_PIXELS) if size > MAX_IMAGE_PIXELS else '')
         return np.zeros((height, width, channels), np.uint8), False
     image = opaque_uint8(image)
     if channels == 1 and image.ndim == 3:
@@ -566,15 +785,19 @@ def read_image(path, height, width, channels):
 
 
 def decode_image_bytes(encoded, height, width, channels):
-    """One encoded image (string scalar: PNG, JPEG, BMP, GIF) -> uint8 [height, width, channels], read_image in
-    TensorFlow ops for a served model: transparency over a paper that contrasts with the opaque pixels, grey by
-    the same weights as OpenCV, area resizing to shrink and bilinear to enlarge."""
-    def opaque_jpeg():
-        rgb = tf.io.decode_jpeg(encoded, channels=3)                                        # [h, w, 3]
+    """One encoded image (string scalar: PNG, JPEG, BMP, GIF's first frame) -> uint8 [height, width, channels],
+    read_image in TensorFlow ops for a served model: more than MAX_IMAGE_PIXELS is an error before decoding;
+    transparency over a paper that contrasts with the opaque pixels, grey by the same weights as OpenCV, area
+    resizing to shrink and bilinear to enlarge."""
+    def with_alpha(rgb):                                                                      # [h, w, 3] -> [h, w, 4]
         return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], 2)
 
-    rgba = tf.cond(tf.io.is_jpeg(encoded), opaque_jpeg,
-                   lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False))     # [h, w, 4] RGBA
+    gif = tf.equal(tf.strings.substr(encoded, 0, 3), 'GIF')
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+            header_pixels(encoded, gif), tf.constant(MAX_IMAGE_PIXELS, tf.int64), message='image too large')]):
+        rgba = tf.case([(tf.io.is_jpeg(encoded), lambda: with_alpha(tf.io.decode_jpeg(encoded, channels=3))),
+                        (gif, lambda: with_alpha(tf.io.decode_gif(encoded)[0]))],
+                       default=lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False))  # [h, w, 4]
     colour, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32) / 255
     opaque = alpha[..., 0] > 0.5
     ink = tf.reduce_mean(tf.boolean_mask(colour, opaque))
@@ -589,6 +812,38 @@ def decode_image_bytes(encoded, height, width, channels):
     image = tf.cond(shrink, lambda: tf.image.resize(image, [height, width], method='area'),
                     lambda: tf.image.resize(image, [height, width], method='bilinear'))
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def header_pixels(encoded, gif):
+    """The pixel count in an encoded image's header (JPEG, GIF, PNG or BMP), read without decoding it."""
+    def number(offset, size, big_endian):
+        data = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, offset, size), tf.uint8), tf.int64)
+        weights = [256 ** i for i in (reversed(range(size)) if big_endian else range(size))]
+        return tf.reduce_sum(data * tf.constant(weights, tf.int64))
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))
+
+    png = tf.equal(tf.strings.substr(encoded, 0, 4), b'\x89PNG')
+    bmp_height = number(22, 4, False)
+    return tf.case([(tf.io.is_jpeg(encoded), jpeg),
+                    (gif, lambda: number(6, 2, False) * number(8, 2, False)),
+                    (png, lambda: number(16, 4, True) * number(20, 4, True))],
+                   default=lambda: number(18, 4, False) * tf.minimum(bmp_height, 2 ** 32 - bmp_height))
+
+
+def decode_image_batch(image_bytes, height, width, channels):
+    """Encoded images [n] -> (images [k, h, w, c] of the k that decode, then one blank image; where [n], each
+    image's row in images, -1 for one that does not decode): a bad image among good ones does not fail the
+    batch."""
+    count = tf.size(image_bytes, out_type=tf.int64)
+    decoded = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes)).map(
+        lambda index, encoded: (index, decode_image_bytes(encoded, height, width, channels))).ignore_errors()
+    blank = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.zeros([height, width, channels], tf.uint8)))
+    indices, images = decoded.concatenate(blank).batch(count + 1).get_single_element()      # [k + 1], [k + 1, ...]
+    rows = tf.range(tf.size(indices, out_type=tf.int64) - 1)
+    where = tf.scatter_nd(indices[:-1, None], rows + 1, [count]) - 1                          # [n]
+    return images, where
 
 
 class LabelledImages:
@@ -607,6 +862,13 @@ class LabelledImages:
             self.label_ids[row, :len(label)] = charset.encode(label)
         self.cache = {} if len(paths) * int(np.prod(shape)) <= cache_bytes else None
         self.unreadable = set()
+
+    def check_readable(self, flag_name):
+        """Reads images until one can be read; a UserError that names the folder when not one can (before any
+        training, validation or reading starts)."""
+        if not any(self.image(index)[1] for index in range(len(self.paths))):
+            raise UserError('%s: %s (--%s, %d files)' % (NO_READABLE_IMAGES, os.path.dirname(self.paths[0]),
+                                                         flag_name, len(self.paths)))
 
     def image(self, index):
         """(uint8 [h, w, c], ok) of image number index, as read_image gives it."""
@@ -633,16 +895,19 @@ class LabelledImages:
 
 
 def image_dataset(paths, labels, charset, batch_size, shape, shuffle=False, seed=0, repeat=1,
-                  keep_unreadable=False, cache_bytes=CACHE_BYTES, augment=False):
+                  keep_unreadable=False, cache_bytes=CACHE_BYTES, augment=False, flag_name=None):
     """A streaming pipeline of batches {images uint8 [b, h, w, c], labels [b], label_ids [b, n], paths [b], ok [b]}.
 
     The graph holds image numbers (shuffled as the names themselves would be), never the names, which TensorFlow
     would copy at every graph optimisation and checkpoint; a batch of numbers is read in one Python call
     (LabelledImages: decoded images cached when they fit in cache_bytes), batches in parallel. Unreadable images
     are dropped (with a warning) unless keep_unreadable, when they come as zeros with ok False. The last batch is
-    kept even when partial. With augment, every batch goes through augment_images (for training only).
+    kept even when partial. With augment, every batch goes through augment_images (for training only). With
+    flag_name (the folder's flag), a folder of which not one image can be read is a UserError now.
     """
     images = LabelledImages(paths, labels, charset, shape, cache_bytes)
+    if flag_name:
+        images.check_readable(flag_name)
 
     def read(indices):
         outputs = tf.numpy_function(images.read, [indices], [tf.uint8, tf.bool, tf.string, tf.string, tf.int32],

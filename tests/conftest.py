@@ -2,9 +2,11 @@
 session, and the quick tier: `pytest -m "not slow"` leaves out the tests marked slow."""
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import cv2
 import numpy as np
@@ -37,6 +39,15 @@ def write_text_images(folder, labels, names=None, size=(32, 96), seed=0):
     return paths
 
 
+def png_claiming(width, height):
+    """A small PNG file whose header claims width x height pixels (the CRC fixed): what a decompression bomb
+    looks like before it is decoded."""
+    data = bytearray(cv2.imencode('.png', np.zeros((4, 4), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack('>II', width, height)
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
 def random_labels(count, charset='0123456789', min_len=2, max_len=5, seed=0):
     rng = np.random.default_rng(seed)
     return [''.join(rng.choice(list(charset), rng.integers(min_len, max_len + 1))) for _ in range(count)]
@@ -51,6 +62,18 @@ def run_cli(*args, script='main.py', cwd=REPO):
     """Runs a script of the repository as a user does; returns the finished process (text output)."""
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600, env=USER_ENVIRONMENT)
+
+
+@pytest.fixture
+def flags():
+    """Parses main.py's flags in this process (flags(*arguments)) and forgets them after the test."""
+    import utils
+
+    def parse(*extra):
+        utils.FLAGS.unparse_flags()
+        utils.FLAGS(['main.py', *extra])
+    yield parse
+    utils.FLAGS.unparse_flags()
 
 
 def write_dataset(tmp_path):

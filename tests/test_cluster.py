@@ -43,15 +43,6 @@ def loopback_cluster(workers=2, chief=False):
     return cluster
 
 
-@pytest.fixture
-def flags():
-    def parse(*extra):
-        utils.FLAGS.unparse_flags()
-        utils.FLAGS(['main.py', *extra])
-    yield parse
-    utils.FLAGS.unparse_flags()
-
-
 def test_the_cluster_comes_from_tf_config_or_the_flags(flags, monkeypatch):
     cluster = {'ps': ['ps0:2222'], 'chief': ['chief:2222'], 'worker': ['w0:2222', 'w1:2222']}
     monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': 1}}))
@@ -77,6 +68,8 @@ def test_the_cluster_comes_from_tf_config_or_the_flags(flags, monkeypatch):
      'task worker 1, but the cluster has 1 worker task'),
     ('{"cluster": {"ps": ["a"], "worker": ["b:2"]}, "task": {"type": "ps", "index": 0}}', [],
      "ps task address 'a': must be host:port"),
+    ('{"cluster": {"ps": "a:1", "worker": ["b:2"]}, "task": {"type": "ps", "index": 0}}', [],
+     'job ps: "a:1" is not a list of "host:port" strings'),
     ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "ps"}}', ['--job_name=ps'],
      'both TF_CONFIG and --ps_hosts'),
     ('', ['--ps_hosts=a:1', '--job_name=worker'], r'needs --ps_hosts, --worker_hosts and --job_name \(given: '
@@ -250,4 +243,31 @@ def test_a_port_in_use_and_an_unreachable_ps_end_in_clear_errors(dataset):
                                      '--cluster_timeout=2'))
     assert result.returncode == 2 and time.time() - started < 60
     assert 'ps task 0 at %s cannot be reached after --cluster_timeout=2 s' % ps in result.stderr, result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_a_frozen_ps_task_or_an_address_that_is_no_tensorflow_server_ends_a_worker_after_the_timeout(dataset):
+    """Each wait for another task is bounded by --cluster_timeout: a ps task stopped with SIGSTOP (its port still
+    accepts connections) and a port held by a program that never answers end the chief's start in a clear error."""
+    ps, worker = ['127.0.0.1:%d' % port for port in free_ports(2)]
+    frozen = Task('ps', training_flags(dataset, '--job_name=ps', '--ps_hosts=%s' % ps, '--worker_hosts=%s' % worker),
+                  str(dataset))
+    try:
+        frozen.wait_for(lambda: 'serving variables' in frozen.log)
+        frozen.process.send_signal(signal.SIGSTOP)
+        result = run_cli(*training_flags(dataset, '--job_name=worker', '--ps_hosts=%s' % ps,
+                                         '--worker_hosts=%s' % worker, '--cluster_timeout=5'))
+    finally:
+        frozen.process.kill()
+        frozen.process.wait()
+    assert result.returncode == 1 and 'no answer from the cluster within' in result.stderr, \
+        result.stderr
+    silent, worker = ['127.0.0.1:%d' % port for port in free_ports(2)]
+    with socket.socket() as holder:
+        holder.bind(('127.0.0.1', int(silent.rpartition(':')[2])))
+        holder.listen()
+        result = run_cli(*training_flags(dataset, '--job_name=worker', '--ps_hosts=%s' % silent,
+                                         '--worker_hosts=%s' % worker, '--cluster_timeout=5'))
+    assert result.returncode == 1 and 'no answer from the cluster within' in result.stderr, \
+        result.stderr
     assert 'Traceback' not in result.stderr

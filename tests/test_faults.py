@@ -3,6 +3,7 @@ worked around with a warning, and nothing is lost. Last, trainings killed with S
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,3 +190,165 @@ def test_trainings_killed_at_chosen_moments_resume_and_their_folder_stays_readab
             assert result.returncode == 0 and 'Traceback' not in result.stderr, (moment, mode, result.stderr)
     result = train(dataset, '--restore', '--max_steps=100000', '--num_epochs=1')
     assert result.returncode == 0 and 'restored' in result.stdout, result.stderr
+
+
+# --- round two: outputs, signals, saves, unreadable data, sizes ------------------
+
+def test_infer_output_that_is_a_link_is_written_through_and_bad_ones_refused_before_reading(trained):
+    tmp_path, _ = trained
+    target, link = tmp_path / 'kept' / 'readings.txt', tmp_path / 'result-link.txt'
+    target.parent.mkdir()
+    link.symlink_to(target)
+    result = run_cli('--mode=infer', *folders(tmp_path), '--infer_output=%s' % link)
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 11
+    for output, message in (('', '--infer_output is empty'), ('/proc/self/no-such-file', 'cannot be written'),
+                            (str(tmp_path / 'infer'), 'is a folder')):
+        result = run_cli('--mode=infer', *folders(tmp_path), '--infer_output=%s' % output)
+        assert result.returncode == 2 and message in result.stderr, (output, result.stderr)
+        assert 'restored' not in result.stdout and 'Traceback' not in result.stderr
+
+
+def read_line_with(process, text):
+    """Reads a running process's stdout until a line holding text (every log line is flushed)."""
+    for line in process.stdout:
+        if text in line:
+            return line
+    raise AssertionError('%r never came; stderr: %s' % (text, process.stderr.read()))
+
+
+def test_sigterm_saves_the_step_and_ends_like_ctrl_c(dataset):
+    process = start_training(dataset, '--max_steps=100000')
+    wait_for(lambda: checkpoint_state(dataset / 'checkpoint') is not None or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    step = int(re.search(r'interrupted at step (\d+)', stdout).group(1))
+    assert process.returncode == 0 and 'Traceback' not in stderr
+    assert 'ocr-model-%d"' % step in checkpoint_state(dataset / 'checkpoint')
+    assert not (dataset / 'checkpoint' / 'training.lock').exists()
+
+
+def test_ctrl_c_while_reading_ends_quietly_and_writes_nothing(trained):
+    tmp_path, _ = trained
+    many = tmp_path / 'many'
+    write_text_images(str(many), [str(i % 10) * 3 for i in range(600)])
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), '--mode=infer', *folders(tmp_path),
+                                '--infer_dir=%s' % many, '--batch_size=1'],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=USER_ENVIRONMENT)
+    read_line_with(process, 'restored')
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and 'interrupted by SIGINT: no file was written' in stderr, stderr
+    assert 'Traceback' not in stderr and not (tmp_path / 'result.txt').exists()
+
+
+def test_a_training_killed_between_its_first_validation_and_first_save_resumes(dataset):
+    process = start_training(dataset, '--max_steps=100000', '--save_steps=100000')
+    best = dataset / 'checkpoint' / 'best' / 'best.json'
+    wait_for(lambda: best.exists() or process.poll() is not None)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    step = json.loads(best.read_text())['step']
+    result = train(dataset, '--restore', '--max_steps=%d' % (step + 2))
+    assert result.returncode == 0, result.stderr
+    assert 'at step %d' % step in result.stdout and 'step %d: saved checkpoint' % (step + 2) in result.stdout
+
+
+def copy_checkpoint(source_prefix, folder):
+    for path in source_prefix.parent.glob(source_prefix.name + '.*'):
+        shutil.copy(path, folder / path.name)
+
+
+@pytest.mark.parametrize('moment', ['best checkpoint saved, best.json not yet',
+                                    'best.json saved, the old best not yet removed'])
+def test_a_kill_during_a_best_model_save_leaves_best_json_its_checkpoint_and_model_json_agreeing(trained, moment):
+    tmp_path, _ = trained
+    best = tmp_path / 'checkpoint' / 'best'
+    record = json.loads((best / 'best.json').read_text())
+    assert record['step'] != 3  # the trained fixture validates at 2 and 4 and saves at 3 and 4
+    copy_checkpoint(tmp_path / 'checkpoint' / 'ocr-model-3', best)
+    (best / 'checkpoint').write_text('model_checkpoint_path: "ocr-model-3"\n')
+    if moment.startswith('best.json saved'):
+        record = dict(record, step=3)
+        (best / 'best.json').write_text(json.dumps(record))
+    result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'again'), *folders(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert 'using the best validated model: step %d' % record['step'] in result.stdout
+    exported = json.loads((tmp_path / 'again' / 'model.json').read_text())
+    assert exported == {'step': record['step'], 'validation_accuracy': record['accuracy'],
+                        'validation_cer': record['cer']}
+    result = train(tmp_path, '--restore', '--max_steps=5')
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name.split('.')[0] for path in best.glob('ocr-model-*.index')) == \
+        ['ocr-model-%d' % json.loads((best / 'best.json').read_text())['step']]
+
+
+def test_a_failed_save_names_the_folder_and_where_restore_resumes(tmp_path):
+    import main
+    import tensorflow as tf
+    with tf.Graph().as_default():
+        tf.compat.v1.train.get_or_create_global_step()
+        keeper = main.Keeper(main.ModelFolder(str(tmp_path / 'checkpoint')))
+
+        def disk_full(*args, **kwargs):
+            raise tf.errors.ResourceExhaustedError(None, None, 'ocr-model-7.data: No space left on device\n'
+                                                               'Hint: If you want to see a list of allocated tensors')
+        keeper.rolling.save = disk_full
+        with pytest.raises(utils.UserError) as error:
+            keeper.save(None, 7)
+    assert str(error.value) == ('step 7: cannot save to %s: ocr-model-7.data: No space left on device. Make room '
+                                'there, then continue with --restore (nothing was saved yet: it starts again)' % (
+                                    tmp_path / 'checkpoint'))
+
+
+def test_unreadable_val_images_stop_training_before_anything_is_written(trained):
+    tmp_path, _ = trained
+    for path in (tmp_path / 'val').iterdir():
+        path.write_bytes(b'not an image')
+    fresh = tmp_path / 'fresh'
+    for mode, extra in (('train', ['--checkpoint_dir=%s' % fresh, *SMALL_MODEL_FLAGS]), ('val', [])):
+        result = run_cli('--mode=%s' % mode, *folders(tmp_path), *extra)
+        assert result.returncode == 2 and 'not one image of this folder can be read: %s (--val_dir' % (
+            tmp_path / 'val') in result.stderr, (mode, result.stderr)
+    assert not (fresh / 'architecture.json').exists()
+
+
+def test_damaged_architectures_and_checkpoints_are_named(trained):
+    tmp_path, _ = trained
+    checkpoint = tmp_path / 'checkpoint'
+    architecture = checkpoint / 'architecture.json'
+    saved = architecture.read_text()
+
+    def refused(message):
+        result = run_cli('--mode=val', *folders(tmp_path))
+        return result.returncode == 2 and message in result.stderr and 'Traceback' not in result.stderr
+
+    architecture.write_text(json.dumps(dict(json.loads(saved), num_hidden='32')))
+    assert refused('%s: num_hidden="32": must be a whole number' % architecture)
+    architecture.unlink()
+    architecture.mkdir()
+    assert refused('%s cannot be read (Is a directory)' % architecture)
+    architecture.rmdir()
+    architecture.write_text(saved)
+    data = next((checkpoint / 'best').glob('*.data-*'))
+    data.write_bytes(data.read_bytes()[:100])
+    assert refused('cannot be read, its files are damaged or incomplete')
+
+
+def test_an_empty_lock_of_a_training_that_died_at_once_is_taken_over(dataset):
+    lock = dataset / 'checkpoint' / 'training.lock'
+    lock.parent.mkdir()
+    lock.write_text('')
+    os.utime(lock, (0, 0))
+    result = train(dataset)
+    assert result.returncode == 0 and 'taking over the lock of a training that is gone' in result.stderr
+
+
+def test_export_to_a_place_it_cannot_write_is_refused_by_name(trained):
+    tmp_path, _ = trained
+    image = next((tmp_path / 'infer').iterdir())
+    for export_dir, message in ((image / 'model', 'cannot be created: %s is a file' % image),
+                                ('/proc/self/model', 'cannot be')):
+        result = run_cli('--mode=export', '--export_dir=%s' % export_dir, *folders(tmp_path))
+        assert result.returncode == 2 and '--export_dir=%s %s' % (export_dir, message) in result.stderr, \
+            result.stderr

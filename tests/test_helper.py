@@ -119,6 +119,45 @@ def test_rename_overwrites_only_when_asked_and_keeps_each_id_once(tmp_path):
     assert sorted(utils.image_id(name) for name in train + val) == sorted(str(k) for k in range(12))
 
 
+def blocked_folder(tmp_path, monkeypatch, case):
+    """A folder flag's value that cannot be written into: an existing file, a folder under a file, or a folder in a
+    place this user may not write (os.access says so, for root may write anywhere)."""
+    (tmp_path / 'file').write_text('not a folder')
+    if case == 'file':
+        return str(tmp_path / 'file')
+    if case == 'under a file':
+        return str(tmp_path / 'file' / 'sub')
+    locked = str(tmp_path / 'locked')
+    os.mkdir(locked)
+    access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: access(path, mode) and os.path.abspath(path) != locked)
+    return os.path.join(locked, 'sub')
+
+
+@pytest.mark.parametrize('case, message', [('file', 'is a file, not a folder'),
+                                           ('under a file', 'is a file, not a folder'),
+                                           ('locked', 'no permission to create folders in')])
+@pytest.mark.parametrize('flag', ['train_dir', 'val_dir'])
+def test_rename_refuses_folders_it_cannot_write_before_copying_anything(tmp_path, monkeypatch, flag, case, message):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 6)
+    folders = {'train_dir': str(tmp_path / 'train'), 'val_dir': str(tmp_path / 'val')}
+    folders[flag] = blocked_folder(tmp_path, monkeypatch, case)
+    with pytest.raises(UserError, match='--%s=%s: .*%s' % (flag, re.escape(folders[flag]), message)):
+        helper.rename(labels_file, images_dir, folders['train_dir'], folders['val_dir'], 3, 0, False)
+    assert not (tmp_path / 'train').exists() and not (tmp_path / 'val').exists()
+
+
+def test_rename_copies_nothing_when_an_image_cannot_be_read(tmp_path, monkeypatch):
+    labels_file, images_dir, _ = write_contest_set(tmp_path, 6)
+    unreadable = os.path.join(images_dir, '5.png')
+    access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: access(path, mode) and path != unreadable)
+    with pytest.raises(UserError, match=r'--images_dir=.*: cannot read 1 of the 6 images \(not files, or no read '
+                                        r'permission\): 5\.png'):
+        rename(tmp_path, labels_file, images_dir, 3)
+    assert not (tmp_path / 'train').exists() and not (tmp_path / 'val').exists()
+
+
 # --- synth -------------------------------------------------------------------
 
 def test_synth_same_seed_gives_the_same_bytes_another_seed_others():
@@ -216,13 +255,45 @@ def test_synth_without_labels_in_names_makes_a_set_rename_reads(tmp_path):
     ({'text': 'random', 'charset': 'a/'}, r"has '/'"),
     ({'text': 'random', 'charset': 'aa'}, r'repeats'),
     ({'text': 'random', 'charset': 'ab', 'min_len': 5, 'max_len': 4}, r'--min_len=5 --max_len=4'),
-    ({'text': 'random', 'charset': 'ab', 'max_len': 300}, r'longer than 255 bytes'),
+    ({'text': 'random', 'charset': 'ab', 'max_len': 400},
+     r'--max_len=400: at most 22 characters fit legibly in --image_width=180 \(8 pixels each\)'),
+    ({'text': 'random', 'charset': 'ab', 'min_len': 23, 'max_len': 23}, r'--max_len=23: at most 22 characters'),
+    ({'text': 'random', 'charset': 'ab', 'max_len': 300, 'width': 4000},
+     r'--max_len=300: file names <id>_<label>.png of 5 images hold labels of at most 249 characters'),
     ({'height': 8}, r'--image_height=8'),
 ])
 def test_synth_refuses_flags_it_cannot_honour(tmp_path, changes, message):
     with pytest.raises(UserError, match=message):
         helper.synth(EXPRESSION._replace(**changes), 5, str(tmp_path), str(tmp_path / 'labels.txt'), True, False)
     assert os.listdir(tmp_path) == []
+
+
+def test_synth_keeps_long_labels_out_of_file_names_when_asked(tmp_path):
+    spec = EXPRESSION._replace(text='random', charset='ab', min_len=300, max_len=300, width=4000)
+    helper.check_synth(spec, 5, str(tmp_path / 'out'), str(tmp_path / 'labels.txt'), False, False)
+    with pytest.raises(UserError, match='--max_len=300'):
+        helper.check_synth(spec, 5, str(tmp_path / 'out'), str(tmp_path / 'labels.txt'), True, False)
+
+
+@pytest.mark.parametrize('case, message', [('file', 'is a file, not a folder'),
+                                           ('under a file', 'is a file, not a folder'),
+                                           ('locked', 'no permission to create folders in')])
+def test_synth_refuses_an_out_dir_it_cannot_write_before_drawing(tmp_path, monkeypatch, case, message):
+    out_dir = blocked_folder(tmp_path, monkeypatch, case)
+    monkeypatch.setattr(helper, 'write_images', lambda *args: pytest.fail('images drawn'))
+    with pytest.raises(UserError, match='--out_dir=%s: .*%s' % (re.escape(out_dir), message)):
+        helper.synth(EXPRESSION, 5, out_dir, str(tmp_path / 'labels.txt'), True, False)
+
+
+@pytest.mark.parametrize('where', ['folder', 'under a file'])
+def test_synth_refuses_a_labels_file_it_cannot_write_before_drawing(tmp_path, monkeypatch, where):
+    (tmp_path / 'folder').mkdir()
+    (tmp_path / 'file').write_text('not a folder')
+    labels_path = str(tmp_path / ('folder' if where == 'folder' else 'file/labels.txt'))
+    monkeypatch.setattr(helper, 'write_images', lambda *args: pytest.fail('images drawn'))
+    with pytest.raises(UserError, match='--labels_file=%s' % re.escape(labels_path)):
+        helper.synth(EXPRESSION, 5, str(tmp_path / 'out'), labels_path, True, False)
+    assert not (tmp_path / 'out').exists()
 
 
 def test_synth_refuses_no_images(tmp_path):
@@ -237,12 +308,12 @@ def test_cli_synth_then_rename_without_mode(tmp_path):
     synth = run_cli('--mode=synth', '--out_dir=%s' % (tmp_path / 'contest'), '--num_images=6', '--seed=5',
                     '--nolabelled_names', '--labels_file=%s' % (tmp_path / 'labels.txt'), script='helper.py')
     assert synth.returncode == 0, synth.stderr
-    assert 'wrote 6 images' in synth.stdout
+    assert 'wrote 6 images' in synth.stdout and 'synth: 6/6 images (100.0%)' in synth.stdout
     split = run_cli('--labels_file=%s' % (tmp_path / 'labels.txt'), '--images_dir=%s' % (tmp_path / 'contest'),
                     '--train_dir=%s' % (tmp_path / 'train'), '--val_dir=%s' % (tmp_path / 'val'), '--train_size=4',
                     script='helper.py')
     assert split.returncode == 0, split.stderr
-    assert 'copied 4 images' in split.stdout
+    assert 'copied 4 images' in split.stdout and 'rename: 6/6 images (100.0%)' in split.stdout
     assert (len(os.listdir(tmp_path / 'train')), len(os.listdir(tmp_path / 'val'))) == (4, 2)
 
 
@@ -274,6 +345,23 @@ def test_cli_synth_draws_the_clutter_under_the_text_when_asked(tmp_path):
         name = '%d_%s.png' % (image_id, label)
         over = tmp_path / 'over' / name  # the same id keeps its label: only pixels change
         assert (tmp_path / 'under' / name).read_bytes() == png != over.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flags, message', [
+    (['--mode=synth', '--out_dir={file}'], 'error: --out_dir={file}: {file} is a file, not a folder'),
+    (['--mode=synth', '--text=random', '--max_len=400', '--out_dir={tmp}/out'],
+     'error: --max_len=400: at most 22 characters fit legibly in --image_width=180'),
+    (['--labels_file={tmp}/labels.txt', '--images_dir={tmp}/contest', '--train_size=3', '--train_dir={tmp}/train',
+      '--val_dir={file}/val'], 'error: --val_dir={file}/val: {file} is a file, not a folder')])
+def test_cli_names_the_flag_that_cannot_be_honoured_before_writing(tmp_path, flags, message):
+    write_contest_set(tmp_path, 6)
+    (tmp_path / 'file').write_text('not a folder')
+    names = {'tmp': tmp_path, 'file': tmp_path / 'file'}
+    result = run_cli(*[flag.format(**names) for flag in flags], script='helper.py')
+    assert result.returncode == 2
+    assert message.format(**names) in result.stderr and 'Traceback' not in result.stderr
+    assert not any((tmp_path / folder).exists() for folder in ('out', 'train'))
 
 
 @pytest.mark.slow

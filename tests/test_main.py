@@ -360,3 +360,11 @@ def test_an_exported_trained_model_reads_the_same_when_moved(tmp_path):
         readings.append(output.read_text())
     assert readings[0] == readings[1]
     assert sum(1 for line in readings[0].splitlines() if line.split('\t')[1]) >= 95  # a trained model reads
+
+
+@pytest.mark.slow
+def test_help_names_every_mode_and_the_flags_and_exits_0():
+    result = run_cli('--help')
+    assert result.returncode == 0 and result.stderr == ''
+    assert all('--mode=%s' % mode in result.stdout for mode in ('train', 'val', 'infer', 'export'))
+    assert '--batch_size: images per step' in result.stdout

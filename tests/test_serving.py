@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from PIL import Image
+
+from conftest import REPO, png_claiming, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
 
@@ -18,9 +20,10 @@ import json, sys
 import tensorflow as tf
 serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']
 images = [open(path, 'rb').read() for path in sys.argv[2:]]
-out = serve(image_bytes=tf.constant(images))
+out = serve(image_bytes=tf.constant(images, tf.string))
 print(json.dumps({'text': [t.decode() for t in out['text'].numpy()],
-                  'confidence': [float(c) for c in out['confidence'].numpy()]}))
+                  'confidence': [float(c) for c in out['confidence'].numpy()],
+                  'readable': [bool(r) for r in out['readable'].numpy()]}))
 '''
 
 
@@ -71,4 +74,28 @@ def test_saved_model_signature_and_files(exported):
                            capture_output=True, text=True, cwd=str(exported), timeout=300)
     assert shown.returncode == 0, shown.stderr
     assert "'image_bytes': TensorSpec(shape=(None,), dtype=tf.string" in shown.stdout
-    assert "['confidence', 'text']" in shown.stdout
+    assert "['confidence', 'readable', 'text']" in shown.stdout
+
+
+def serve(exported, paths):
+    served = subprocess.run([sys.executable, '-c', SERVE, str(exported / 'export'), *map(str, paths)],
+                            capture_output=True, text=True, cwd=str(exported), timeout=300)
+    assert served.returncode == 0, served.stderr
+    return json.loads(served.stdout.splitlines()[-1])
+
+
+def test_a_bad_image_reads_empty_and_unreadable_without_failing_the_batch(exported):
+    """A GIF reads as its PNG does; an empty batch gives empty outputs; a file that is not an image, a truncated
+    one and one that claims 40,000 x 40,000 pixels read as '' with confidence 0 and readable false."""
+    images = exported / 'images'
+    Image.open(images / '0.png').save(exported / 'same.gif')
+    (exported / 'text.png').write_bytes(b'not an image')
+    (exported / 'cut.png').write_bytes((images / '0.png').read_bytes()[:200])
+    (exported / 'bomb.png').write_bytes(png_claiming(40000, 40000))
+    paths = [images / '0.png', exported / 'text.png', exported / 'same.gif', exported / 'cut.png',
+             exported / 'bomb.png']
+    served = serve(exported, paths)
+    assert served['readable'] == [True, False, True, False, False]
+    assert served['text'][0] == served['text'][2] != '' and served['text'][1::2] == ['', '']
+    assert served['confidence'][1] == served['confidence'][3] == served['confidence'][4] == 0
+    assert serve(exported, []) == {'text': [], 'confidence': [], 'readable': []}

@@ -1,5 +1,10 @@
 """utils.py: label parsing, charset, sparse labels, metrics, folder checks and the image pipeline."""
+import io
+import logging
 import os
+import socket
+import stat
+import sys
 from unittest import mock
 
 import cv2
@@ -9,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 import utils
-from conftest import random_labels, write_text_images
+from conftest import png_claiming, random_labels, write_text_images
 
 CHARSET = utils.Charset('0123456789+-*()')
 
@@ -232,3 +237,186 @@ def test_streaming_pipeline_reads_what_the_cached_one_does(tmp_path):
     assert len(cached) == len(streamed) == 3
     for a, b in zip(cached, streamed):
         assert (a['images'] == b['images']).all() and a['labels'].tolist() == b['labels'].tolist()
+
+
+class FakeClock:
+    """Seconds that a test sets, for utils.Progress."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def feed(progress, clock, updates):
+    """Calls progress.update(done) at each (seconds, done)."""
+    for seconds, done in updates:
+        clock.now = seconds
+        progress.update(done)
+
+
+@pytest.fixture
+def ocr_log(monkeypatch, caplog):
+    """caplog, given the records of utils.log from INFO up, also after setup_logging stopped them propagating."""
+    monkeypatch.setattr(utils.log, 'propagate', True)
+    caplog.set_level(logging.INFO, logger=utils.log.name)
+    return caplog
+
+
+def test_progress_logs_a_line_at_most_every_30_seconds_and_always_the_last(monkeypatch, ocr_log):
+    monkeypatch.setattr(sys, 'stdout', io.StringIO())  # not a terminal
+    clock = FakeClock()
+    progress = utils.Progress(300000, 'synth', clock=clock)
+    feed(progress, clock, [(10, 1000), (12345 / 215, 12345), (80, 20000), (90, 36000), (100, 300000)])
+    progress.finish()
+    assert [record.getMessage() for record in ocr_log.records] == [
+        'synth: 12,345/300,000 images (4.1%), 215 images/s, 22 min left',
+        'synth: 36,000/300,000 images (12.0%), 400 images/s, 11 min left',
+        'synth: 300,000/300,000 images (100.0%), 3,000 images/s, took 2 min']
+    assert sys.stdout.getvalue() == ''
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_rewrites_one_line_a_few_times_a_second_on_a_terminal(monkeypatch, ocr_log):
+    monkeypatch.setattr(sys, 'stdout', FakeTerminal())
+    clock = FakeClock()
+    progress = utils.Progress(60000, 'val', clock=clock)
+    feed(progress, clock, [(0.1, 100), (0.3, 30000), (0.4, 30000), (1, 30001)])
+    progress.finish()
+    first = 'val: 30,000/60,000 images (50.0%), 100,000 images/s, 0 s left'
+    shorter = ['val: 30,001/60,000 images (50.0%), 30,001 images/s, 1 s left',
+               'val: 30,001/60,000 images (50.0%), 30,001 images/s, took 1 s']
+    assert sys.stdout.getvalue() == ''.join('\r' + line.ljust(len(first)) for line in [first] + shorter) + '\n'
+    assert not ocr_log.records
+
+
+# --- output files: what --infer_output may name --------------------------------
+
+def test_output_file_replaces_a_plain_file_atomically_keeping_its_mode_or_the_umask(tmp_path):
+    existing = tmp_path / 'old.txt'
+    existing.write_text('old')
+    os.chmod(existing, 0o640)
+    utils.OutputFile(str(existing), 'infer_output').write('new\n')
+    assert existing.read_text() == 'new\n' and existing.stat().st_mode & 0o777 == 0o640
+    mask = os.umask(0o027)
+    try:
+        utils.OutputFile(str(tmp_path / 'fresh.txt'), 'infer_output').write('x\n')
+    finally:
+        os.umask(mask)
+    assert (tmp_path / 'fresh.txt').stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ['fresh.txt', 'old.txt']  # no temporary file left
+
+
+def test_output_file_writes_a_links_target_and_keeps_the_link(tmp_path):
+    target, link = tmp_path / 'target.txt', tmp_path / 'link.txt'
+    target.write_text('old')
+    link.symlink_to(target)
+    dangling = tmp_path / 'dangling.txt'
+    dangling.symlink_to(tmp_path / 'new.txt')
+    utils.OutputFile(str(link), 'infer_output').write('lines\n')
+    utils.OutputFile(str(dangling), 'infer_output').write('more\n')
+    assert link.is_symlink() and target.read_text() == 'lines\n'
+    assert dangling.is_symlink() and (tmp_path / 'new.txt').read_text() == 'more\n'
+
+
+def test_output_file_writes_through_a_fifo_with_a_reader_and_refuses_one_without(tmp_path):
+    fifo = tmp_path / 'results.fifo'
+    os.mkfifo(fifo)
+    with pytest.raises(utils.UserError, match='results.fifo.*no process reads this FIFO'):
+        utils.OutputFile(str(fifo), 'infer_output')
+    link = tmp_path / 'stdout'  # as /dev/stdout leads to a pipe
+    link.symlink_to(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        output = utils.OutputFile(str(link), 'infer_output')
+        output.write('read through\n')
+        assert os.read(reader, 100) == b'read through\n'
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and link.is_symlink()
+
+
+def make_character_device(path, major, minor):
+    """A character device node of our own (root only; some containers refuse it even to root)."""
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+    except (PermissionError, OSError) as error:
+        pytest.skip('cannot make a device node here: %s' % error)
+
+
+def test_output_file_writes_through_a_device_and_never_replaces_it(tmp_path, capsys):
+    null, full = tmp_path / 'null', tmp_path / 'full'
+    make_character_device(null, 1, 3)
+    make_character_device(full, 1, 7)
+    utils.OutputFile(str(null), 'infer_output').write('gone\n')
+    with pytest.raises(utils.UserError, match='--infer_output=%s could not be written.*printed above' % full):
+        utils.OutputFile(str(full), 'infer_output').write('kept\n')
+    assert capsys.readouterr().out == 'kept\n'  # the readings are not lost
+    assert stat.S_ISCHR(os.stat(null).st_mode) and stat.S_ISCHR(os.stat(full).st_mode)
+
+
+@pytest.mark.parametrize('name, message', [
+    ('', '--infer_output is empty'), ('folder', 'is a folder'), ('missing/r.txt', 'no such folder'),
+    ('socket', 'neither a file, a character device nor a FIFO')])
+def test_output_file_refuses_what_it_cannot_write_before_any_work(tmp_path, name, message):
+    (tmp_path / 'folder').mkdir()
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / 'socket'))
+        with pytest.raises(utils.UserError, match=message):
+            utils.OutputFile(str(tmp_path / name) if name else '', 'infer_output')
+
+
+# --- sizes and saved architectures ---------------------------------------------
+
+@pytest.mark.parametrize('flag, value', [('batch_size', 10 ** 8), ('num_hidden', 100000), ('num_epochs', 10 ** 20),
+                                         ('beam_width', 10 ** 9), ('image_width', 10 ** 7),
+                                         ('num_images', 2 * 10 ** 9), ('seed', 2 ** 40)])
+def test_every_size_has_a_bound_named_by_its_flag(flags, flag, value):
+    flags('--%s=%d' % (flag, value))
+    with pytest.raises(utils.UserError, match='--%s=%d: must be at least \\d+ and at most' % (flag, value)):
+        utils.check_numeric_flags()
+
+
+def test_a_batch_too_large_for_memory_names_its_three_flags(flags):
+    flags('--batch_size=8192')
+    with pytest.raises(utils.UserError, match='--batch_size=8192 x --image_height=60 x --image_width=180'):
+        utils.check_main_flags()
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('num_hidden', 'x', 'num_hidden="x": must be a whole number'), ('bidirectional', 1, 'must be true or false'),
+    ('charset', 5, 'must be a string'), ('num_hidden', 10 ** 6, 'at most 4096'), ('rnn_cell', 'x', 'one of'),
+    ('image_channel', 2, 'must be 1 \\(grey\\) or 3')])
+def test_a_wrongly_typed_saved_architecture_is_named_by_file_and_field(field, value, message):
+    arch = utils.ocr.Architecture(**{name: utils.FLAGS[name].default for name in utils.ocr.Architecture._fields})
+    with pytest.raises(utils.UserError, match='/m/architecture.json: %s' % message if '=' in message else message):
+        utils.check_architecture(arch._replace(**{field: value}), '/m/architecture.json')
+
+
+def test_an_image_too_large_to_decode_is_unreadable_with_its_size_said(tmp_path, caplog):
+    path = tmp_path / 'bomb.png'
+    path.write_bytes(png_claiming(40000, 40000))
+    image, ok = utils.read_image(str(path), 32, 96, 1)
+    assert not ok and image.shape == (32, 96, 1)
+    assert 'bomb.png (1600000000 pixels: at most' in caplog.text
+
+
+def test_served_decoding_skips_bad_images_without_failing_the_batch(tmp_path):
+    good = cv2.imencode('.png', np.full((30, 90), 255, np.uint8))[1].tobytes()
+    buffer = io.BytesIO()
+    Image.new('L', (90, 30), 255).save(buffer, 'GIF')
+    batches = [[good, b'not an image', png_claiming(40000, 40000), good[:60], buffer.getvalue()], []]
+    with tf.Graph().as_default():
+        image_bytes = tf.compat.v1.placeholder(tf.string, [None])
+        images, where = utils.decode_image_batch(image_bytes, 32, 96, 1)
+        with tf.compat.v1.Session() as session:
+            results = [session.run([images, where], {image_bytes: batch}) for batch in batches]
+    (images, where), (empty_images, empty_where) = results
+    assert where.tolist() == [0, -1, -1, -1, 1] and images.shape == (3, 32, 96, 1)
+    assert (images[:2] == 255).all()  # the PNG and the GIF, each read whole
+    assert empty_where.shape == (0,) and empty_images.shape == (1, 32, 96, 1)
