@@ -779,19 +779,24 @@ class Keeper:
 # The training loop is the same for every process that trains; what differs between a process alone, a cluster's
 # chief and its other workers is in these classes.
 
-class Alone:
-    """Training in one process: it owns checkpoint_dir, starts the model (new, --init_from or --restore), keeps
-    the books and trains on all of train_dir."""
-    task = None
-    prefix = shard_words = ''
+class Role:
+    """What every process that trains has: its shard (index, count) of train_dir, all of it by default, and its
+    random seed, --seed plus its shard's index."""
     shard = (0, 1)
-
-    def __init__(self):
-        self.folder = ModelFolder(FLAGS.checkpoint_dir)
 
     @property
     def seed(self):
         return FLAGS.seed + self.shard[0]
+
+
+class Alone(Role):
+    """Training in one process: it owns checkpoint_dir, starts the model (new, --init_from or --restore), keeps
+    the books and trains on all of train_dir."""
+    task = None
+    prefix = shard_words = ''
+
+    def __init__(self):
+        self.folder = ModelFolder(FLAGS.checkpoint_dir)
 
     def prepare(self):
         """The architecture, after checking the folders and choosing where the model starts from."""
@@ -838,7 +843,7 @@ class Alone:
         pass
 
 
-class ClusterRole:
+class ClusterRole(Role):
     """What every worker of a cluster shares: its server, its shard of train_dir, variables on the ps tasks, and
     the Replication ops that keep the workers in step."""
     shard_words = ''
@@ -894,10 +899,6 @@ class Worker(ClusterRole):
     """A worker other than the chief: trains on its shard of train_dir, in step with the others, until the chief
     ends the training. It writes nothing."""
     shard_words = ' of its shard'
-
-    @property
-    def seed(self):
-        return FLAGS.seed + self.task.replica_index
 
     def prepare(self):
         """The architecture the chief trains (the chief initialises the model)."""
