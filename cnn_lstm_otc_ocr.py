@@ -372,6 +372,17 @@ def rnn_stack(kind, input_size, num_units, num_layers, keep_prob, rhn_depth, nam
     return (HighwayLSTMStack if kind == 'hlstm' else StackedCell)(cells, keep_prob)
 
 
+def unroll(cell, inputs):
+    """[b, t, n] -> [b, t, output_size]: the cell run over the t steps by a Python loop, as dynamic_rnn runs it
+    over sequences of full length, in a graph without control flow."""
+    state = cell.zero_state(tf.shape(inputs)[0], inputs.dtype)
+    outputs = []
+    for step in range(inputs.shape[1]):
+        output, state = cell(inputs[:, step], state)                   # [b, output_size]
+        outputs.append(output)
+    return tf.stack(outputs, axis=1)                                   # [b, t, output_size]
+
+
 # --- the model ---------------------------------------------------------------
 
 DECODERS = ('beam', 'greedy')  # LSTMOCR.decode's, --decoder
@@ -383,12 +394,14 @@ class LSTMOCR:
     Build it inside a variable scope with reuse to share weights between a training and an evaluation graph.
     """
 
-    def __init__(self, mode, arch, keep_prob=1.0):
+    def __init__(self, mode, arch, keep_prob=1.0, unrolled=False):
+        """unrolled: the RNN as one copy of its cells per time step, a graph without loops (for LiteRT and ONNX)."""
         if mode not in ('train', 'val', 'infer'):
             raise ValueError('mode must be train, val or infer, not %r' % mode)
         self.arch = arch
         self.training = mode == 'train'
         self.keep_prob = keep_prob if self.training else 1.0
+        self.unrolled = unrolled
         self.num_classes = len(arch.charset) + 1
         self.time_steps = time_steps(arch)
 
@@ -422,6 +435,12 @@ class LSTMOCR:
             return rnn_stack(arch.rnn_cell, features.shape[-1], arch.num_hidden, arch.rnn_layers, self.keep_prob,
                              arch.rhn_depth, 'rnn/' + direction)
 
+        if self.unrolled:
+            forward = unroll(stack('fw'), features)                    # [b, time_steps, num_hidden]
+            if not arch.bidirectional:
+                return forward
+            backward = tf.reverse(unroll(stack('bw'), tf.reverse(features, [1])), [1])
+            return tf.concat([forward, backward], axis=2)              # [b, time_steps, 2 * num_hidden]
         if not arch.bidirectional:
             outputs, _ = v1.nn.dynamic_rnn(stack('fw'), features, sequence_length=sequence_length,
                                            dtype=features.dtype, scope='rnn/fw')
@@ -463,6 +482,21 @@ class LSTMOCR:
         else:
             raise ValueError('decoder must be one of %s, not %r' % (DECODERS, decoder))
         return tf.sparse.to_dense(decoded[0], default_value=-1), tf.minimum(confidence, 1.0)
+
+
+def greedy_reading(logits):
+    """Time-major logits [t, b, classes] -> the greedy CTC reading [b, t] int32 (the best class per step, repeats
+    merged, blanks dropped, padded with -1) and its confidence [b], as decode(decoder='greedy') gives them, from
+    element-wise ops, arg-max, cumulative sum and sums only: ops that LiteRT and ONNX run."""
+    steps, blank = logits.shape[0], logits.shape[-1] - 1
+    best = tf.transpose(tf.argmax(logits, axis=2, output_type=tf.int32))                # [b, t]
+    previous = tf.pad(best[:, :-1], [[0, 0], [1, 0]], constant_values=blank)           # [b, t]
+    kept = tf.logical_and(tf.not_equal(best, previous), tf.not_equal(best, blank))      # [b, t]
+    slot = tf.cumsum(tf.cast(kept, tf.int32), axis=1) - 1                               # [b, t]: its place
+    placed = tf.logical_and(kept[:, :, None], tf.equal(slot[:, :, None], tf.range(steps)))    # [b, t, t]
+    labels = tf.reduce_sum(tf.cast(placed, tf.int32) * (best[:, :, None] + 1), axis=1) - 1     # [b, t]
+    confidence = tf.exp(tf.reduce_sum(tf.reduce_max(tf.nn.log_softmax(logits), axis=2), axis=0))  # [b]
+    return labels, tf.minimum(confidence, 1.0)
 
 
 def dense_to_sparse(label_ids):
@@ -586,6 +620,14 @@ def reading_graph(arch, images, decoder='beam', beam_width=10, mode='infer'):
     with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
         model = LSTMOCR(mode, arch)
         return model.decode(model.logits(images), decoder, beam_width)
+
+
+def portable_reading_graph(arch, images):
+    """reading_graph with the greedy decoder, for LiteRT and ONNX: uint8 images [b, h, w, c] -> class ids of
+    each reading [b, time_steps], padded with -1, and its confidence [b], from an unrolled RNN and
+    greedy_reading."""
+    with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
+        return greedy_reading(LSTMOCR('infer', arch, unrolled=True).logits(images))
 
 
 def reading_text(charset, ids):

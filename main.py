@@ -7,6 +7,7 @@ runtime; reading; devices and sessions.
 import collections
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -47,7 +48,11 @@ SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'im
 LOG_EVERY_STEPS = 10
 SAMPLES_SHOWN = 5
 COVERAGE_THRESHOLDS = (0.0, 0.5, 0.9, 0.99, 0.999)
-LOCK_WRITE_SECONDS = 2  # a training writes its lock's line within this time of making the file
+LOCK_WRITE_SECONDS = 2
+# What each of --export_formats writes in export_dir, beside the model folder.
+EXPORT_FILES = {'saved_model': ('saved_model.pb', 'variables'), 'tflite': ('model.tflite', 'model_int8.tflite'),
+                'onnx': ('model.onnx',)}
+ONNX_OPSET = 17  # a training writes its lock's line within this time of making the file
 
 
 # --- dispatch -------------------------------------------------------------------
@@ -179,28 +184,42 @@ def infer():
 
 def export():
     """Writes the model's inference variables (no optimiser slots, no step) to --export_dir with its
-    architecture.json and model.json (the step and validation record it was exported from), and a SavedModel
-    beside them: a folder that --checkpoint_dir can point at, a few MB."""
-    folder, model, target = export_plan()
-    images = v1.placeholder(tf.uint8, [None, model.arch.image_height, model.arch.image_width,
-                                       model.arch.image_channel])
-    ocr.reading_graph(model.arch, images)
-    with v1.Session() as session:
-        restore(session, model)
-        path = v1.train.Saver(save_relative_paths=True).save(session, target.checkpoint_prefix,
-                                                             write_meta_graph=False)
+    architecture.json and model.json (the step and validation record it was exported from), and beside them the
+    --export_formats: a SavedModel, model.tflite and model_int8.tflite, model.onnx. The folder is one that
+    --checkpoint_dir can point at, a few MB."""
+    folder, model, target, formats = export_plan()
+    with tf.Graph().as_default():
+        images = v1.placeholder(tf.uint8, [None, model.arch.image_height, model.arch.image_width,
+                                           model.arch.image_channel])
+        ocr.reading_graph(model.arch, images)
+        with v1.Session() as session:
+            restore(session, model)
+            path = v1.train.Saver(save_relative_paths=True).save(session, target.checkpoint_prefix,
+                                                                 write_meta_graph=False)
     target.save_architecture(model.arch)
     record = folder.export_record(model)
     target.save_export_record(record)
-    write_saved_model(model.arch, model.checkpoint, FLAGS.export_dir)
-    log.info('exported %s (step %s) to %s, and a SavedModel beside it: %.1f MB in all', model.checkpoint,
-             record.get('step', '?'), path, target.size() / 2 ** 20)
+    for name in set(EXPORT_FILES) - set(formats):
+        target.remove_stale(EXPORT_FILES[name])
+    if 'saved_model' in formats:
+        write_saved_model(model.arch, model.checkpoint, FLAGS.export_dir)
+    if 'tflite' in formats or 'onnx' in formats:
+        write_portable_models(model.arch, model.checkpoint, FLAGS.export_dir, formats)
+    log.info('exported %s (step %s) to %s%s: %.1f MB in all', model.checkpoint, record.get('step', '?'), path,
+             ''.join(', ' + name for fmt in formats for name in EXPORT_FILES[fmt]), target.size() / 2 ** 20)
 
 
 def export_plan():
-    """The model folder and Model to export, and the ModelFolder of --export_dir, made after every check."""
+    """The model folder and Model to export, the ModelFolder of --export_dir, made after every check, and the
+    formats to write beside it (onnx left out, with a warning, where tf2onnx is missing and was not asked for)."""
     if not FLAGS.export_dir:
         raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
+    formats = [name for name in utils.EXPORT_FORMATS if name in FLAGS.export_formats]
+    if 'onnx' in formats and importlib.util.find_spec('tf2onnx') is None:
+        if FLAGS['export_formats'].present:
+            raise UserError('--export_formats=onnx needs the tf2onnx package: pip install tf2onnx')
+        log.warning('warning: model.onnx is not written: it needs the tf2onnx package (pip install tf2onnx)')
+        formats.remove('onnx')
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
         raise UserError('--export_dir=%s is a file, not a folder' % FLAGS.export_dir)
     check_writable(FLAGS.export_dir, 'export_dir')
@@ -214,7 +233,7 @@ def export_plan():
         os.makedirs(FLAGS.export_dir, exist_ok=True)
     except OSError as error:
         raise UserError('--export_dir=%s cannot be created (%s)' % (FLAGS.export_dir, error.strerror))
-    return folder, model, target
+    return folder, model, target, formats
 
 
 # --- the model folder -----------------------------------------------------------
@@ -412,6 +431,14 @@ class ModelFolder:
             yield
         finally:
             os.remove(path)
+
+    def remove_stale(self, names):
+        """Removes files of an earlier export that this one does not rewrite (they would read with another model)."""
+        for name in names:
+            path = self.path(name)
+            if os.path.lexists(path):
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+                log.info('removed %s of the model exported there before', path)
 
     def remove_leftovers(self):
         """Removes what a killed training leaves: partly written files (TensorFlow's .tempstate, .meta.tmp and
@@ -1288,6 +1315,46 @@ def write_saved_model(arch, checkpoint, export_dir):
     shutil.rmtree(staging)
 
 
+def write_portable_models(arch, checkpoint, export_dir, formats):
+    """model.tflite and model_int8.tflite (its weights in 8 bits) for LiteRT, model.onnx for ONNX Runtime, in
+    export_dir as formats say. One signature, serving_default: image (uint8 [n, h, w, c], resized as infer
+    resizes) -> labels (int32 [n, time_steps], the greedy reading's indices into architecture.json's charset,
+    padded with -1) and confidence (float32 [n]); the RNN unrolled and the greedy decoding in the graph."""
+    staging = tempfile.mkdtemp(dir=export_dir)
+    try:
+        with tf.Graph().as_default() as graph:
+            image = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel],
+                                   name='image')
+            labels, confidence = ocr.portable_reading_graph(arch, image)
+            outputs = {'labels': tf.identity(labels, name='labels'),
+                       'confidence': tf.identity(confidence, name='confidence')}
+            with v1.Session(graph=graph) as session:
+                v1.train.Saver().restore(session, checkpoint)
+                builder = v1.saved_model.Builder(os.path.join(staging, 'portable'))
+                builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING], {
+                    'serving_default': v1.saved_model.predict_signature_def({'image': image}, outputs)})
+                builder.save()
+                frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), list(outputs))
+        files = {}
+        if 'tflite' in formats:
+            for name, optimizations in (('model.tflite', []), ('model_int8.tflite', [tf.lite.Optimize.DEFAULT])):
+                converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(staging, 'portable'))
+                converter.optimizations = optimizations
+                files[name] = converter.convert()
+        if 'onnx' in formats:
+            import tf2onnx
+            names = ['image'] + list(outputs)
+            files['model.onnx'] = tf2onnx.convert.from_graph_def(
+                frozen, input_names=['image:0'], output_names=[name + ':0' for name in outputs], opset=ONNX_OPSET,
+                tensors_to_rename={name + ':0': name for name in names})[0].SerializeToString()
+        for name, data in files.items():
+            with open(os.path.join(staging, name), 'wb') as file:
+                file.write(data)
+            os.replace(os.path.join(staging, name), os.path.join(export_dir, name))
+    finally:
+        shutil.rmtree(staging)
+
+
 # --- devices and sessions -------------------------------------------------------
 
 def tower_devices():
@@ -1344,6 +1411,11 @@ def cluster_config(task):
     return config
 
 
+def graph_mode():
+    """Every mode but export runs TensorFlow 1.x graphs only; export converts its model to LiteRT eagerly."""
+    if FLAGS.mode != 'export':
+        v1.disable_eager_execution()
+
+
 if __name__ == '__main__':
-    v1.disable_eager_execution()
-    utils.run_app(main, USAGE)
+    utils.run_app(main, USAGE, setup=graph_mode)

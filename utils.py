@@ -25,6 +25,7 @@ QUIET = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('OPENCV_LOG_LEVEL', 'ERROR')
 
+import absl.logging  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
@@ -60,6 +61,10 @@ delattr(flags.FLAGS, 'log_dir')
 flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
 flags.DEFINE_string('export_dir', '', 'folder that --mode=export writes the inference variables of the model to '
                     '(required there)')
+EXPORT_FORMATS = ('saved_model', 'tflite', 'onnx')  # what --mode=export writes beside the model folder
+flags.DEFINE_list('export_formats', list(EXPORT_FORMATS),
+                  'export: saved_model (TensorFlow Serving), tflite (model.tflite and model_int8.tflite for LiteRT), '
+                  'onnx (model.onnx for ONNX Runtime; needs the tf2onnx package)')
 flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
                      'train_dir or val_dir) that already exist; main.py --mode=export: replace the model in export_dir')
 
@@ -194,15 +199,17 @@ def setup_logging():
     log.setLevel(logging.INFO)
     log.propagate = False
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+    absl.logging.set_verbosity(absl.logging.ERROR)  # what TensorFlow's SavedModel loader and tf2onnx log there
 
 
 HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
 
 
-def run_app(main, usage=None):
+def run_app(main, usage=None, setup=None):
     """tf.compat.v1.app.run(main), but --help prints usage (the script's docstring without it) and the tool's
     flags (--helpfull: every flag) and exits 0, and a flag value that does not parse (--precision=fp8, --seed=x)
-    ends in one line naming it, exit code 2, not a traceback."""
+    ends in one line naming it, exit code 2, not a traceback. setup() runs once the flags are parsed, before the
+    app starts."""
     asked = [argument for argument in sys.argv[1:] if argument in HELP]
     if asked:
         full = asked[0] == '--helpfull'
@@ -218,6 +225,8 @@ def run_app(main, usage=None):
     except flags.Error as error:
         print('error: %s' % error, file=sys.stderr)
         sys.exit(2)
+    if setup:
+        setup()
     tf.compat.v1.app.run(main)
 
 
@@ -266,6 +275,10 @@ def check_main_flags():
     if FLAGS.mode not in MAIN_MODES:
         raise UserError('--mode=%s: main.py runs train, val, infer or export' % FLAGS.mode)
     check_numeric_flags()
+    unknown = [name for name in FLAGS.export_formats if name not in EXPORT_FORMATS]
+    if unknown:
+        raise UserError('--export_formats: unknown %s (choose among %s)' % (
+            ', '.join(unknown), ','.join(EXPORT_FORMATS)))
     pixels = FLAGS.batch_size * FLAGS.image_height * FLAGS.image_width
     if pixels > MAX_BATCH_PIXELS:
         raise UserError('--batch_size=%d x --image_height=%d x --image_width=%d = %d pixels a batch: at most %d (the '

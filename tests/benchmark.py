@@ -12,6 +12,10 @@ At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_siz
             the iterator for its batch (from traced steps);
   startup   seconds from starting `main.py --mode=train` on a generated 100k-image folder to its first step, and
             the peak memory (RSS high-water mark) of that run;
+  formats   the shipped model as each format of --mode=export runs it: file size and images/s on one core and on
+            all cores, batch 1 and 64, for the SavedModel (TensorFlow; it takes encoded PNGs, so its time includes
+            decoding and resizing), model.tflite and model_int8.tflite (LiteRT) and model.onnx (ONNX Runtime),
+            which take the resized pixels; each against the SavedModel in the same round.
   cluster   fp32 training step time on a loopback cluster in this process (one ps task, gRPC between the tasks)
             with one worker and with two synchronous workers of half the batch each, against one process on the
             whole batch; and the bytes a step moves, from which the number of workers a network can feed.
@@ -45,7 +49,9 @@ from utils import FLAGS
 
 v1 = tf.compat.v1
 
-PARTS = ('train', 'infer', 'pipeline', 'startup', 'cluster')
+PARTS = ('train', 'infer', 'pipeline', 'startup', 'formats', 'cluster')
+FORMAT_BATCHES = (1, 64)
+PORTABLE_MODELS = ('model.tflite', 'model_int8.tflite', 'model.onnx')
 PRECISIONS = ('fp32', 'bf16')
 DECODERS = ('greedy', 'beam')
 MATMUL_SIZE = 4096
@@ -574,6 +580,75 @@ def part_cluster(args, arch, batch, results):
     close(sessions)
 
 
+def saved_model_step(export_dir, encoded, threads):
+    """A step of the SavedModel's serving_default on encoded images, in a session of `threads` threads (0: all)."""
+    graph = tf.Graph()
+    config = v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+    session = v1.Session(graph=graph, config=config)
+    with graph.as_default():
+        meta_graph = v1.saved_model.loader.load(session, ['serve'], export_dir)
+    signature = meta_graph.signature_def['serving_default']
+    feed = {signature.inputs['image_bytes'].name: encoded}
+    fetches = [signature.outputs[name].name for name in ('text', 'confidence')]
+    return session, lambda: session.run(fetches, feed)
+
+
+def portable_step(path, pixels, threads):
+    """A step of a LiteRT or ONNX model on uint8 pixels, on `threads` threads."""
+    if path.endswith('.onnx'):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        return lambda: session.run(['labels', 'confidence'], {'image': pixels})
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner('serving_default')
+    return lambda: runner(image=pixels)
+
+
+def part_formats(args, work_dir, results):
+    export_dir = os.path.join(work_dir, 'export')
+    exported = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=export',
+                               '--checkpoint_dir=%s' % main.SHIPPED_MODEL_DIR, '--export_dir=%s' % export_dir],
+                              capture_output=True, text=True)
+    if exported.returncode:
+        raise SystemExit('formats: the export failed:\n' + exported.stderr)
+    arch = main.ModelFolder(export_dir).architecture()
+    folder = os.path.join(work_dir, 'format_images')
+    paths = write_images(folder, max(FORMAT_BATCHES), seed=3)
+    encoded = np.array([open(path, 'rb').read() for path in paths], dtype=object)
+    pixels = np.stack([utils.read_image(path, arch.image_height, arch.image_width, arch.image_channel)[0]
+                       for path in paths])
+    available = [name for name in PORTABLE_MODELS if os.path.exists(os.path.join(export_dir, name))]
+    rounds, sessions = Rounds(), []
+    cores = {'1 core': 1, '%d cores' % os.cpu_count(): os.cpu_count()}
+    for cores_name, threads in cores.items():
+        for batch_size in FORMAT_BATCHES:
+            session, step = saved_model_step(export_dir, encoded[:batch_size], threads)
+            sessions.append(session)
+            rounds.add(('SavedModel', cores_name, batch_size), step, args.warmup_steps)
+            for name in available:
+                rounds.add((name, cores_name, batch_size), portable_step(
+                    os.path.join(export_dir, name), pixels[:batch_size], threads), args.warmup_steps)
+    rounds.run(args.rounds)
+    close(sessions)
+    print('formats: %d rounds, load %.1f; the shipped model (%dx%d)' % (
+        args.rounds, load(), arch.image_height, arch.image_width))
+    sizes = {'SavedModel': sum(os.path.getsize(os.path.join(root, name)) for root, _, files in os.walk(export_dir)
+                               for name in files if name == 'saved_model.pb' or '/variables' in root)}
+    sizes.update({name: os.path.getsize(os.path.join(export_dir, name)) for name in available})
+    for name in ['SavedModel'] + available:
+        report('%s file size' % name, '%.2f' % (sizes[name] / 2 ** 20), 'MiB')
+        for cores_name in cores:
+            for batch_size in FORMAT_BATCHES:
+                key = (name, cores_name, batch_size)
+                speed = batch_size / rounds.median(key)
+                ratio = rounds.ratio(('SavedModel', cores_name, batch_size), key)
+                results['format', name, cores_name, batch_size] = speed, ratio, sizes[name]
+                report('  %s, batch %d' % (cores_name, batch_size), '%.1f' % speed, 'images/s',
+                       '%.2fx the SavedModel' % ratio if name != 'SavedModel' else '')
+
+
 def part_startup(args, sources, work_dir, results):
     """main.py --mode=train on a generated folder of --startup_images, once per --startup_runs entry."""
     started = time.perf_counter()
@@ -642,6 +717,11 @@ def summary(args, results):
                 seconds < TARGETS['startup_s'] if held else None)
             row(name + ': peak memory', '%.0f MiB' % (peak / 2 ** 20), '< 2048 MiB' if held else '',
                 peak < TARGETS['peak_bytes'] if held else None)
+    for key, (speed, ratio, size) in sorted((key, value) for key, value in results.items() if key[0] == 'format'):
+        _, name, cores_name, batch_size = key
+        row('%s (%.1f MiB), %s, batch %d: images/s (over the SavedModel)' % (name, size / 2 ** 20, cores_name,
+                                                                           batch_size),
+            '%.1f (%.2fx)' % (speed, ratio))
     for workers in (1, 2):
         if ('cluster_overhead', workers) in results:
             row('loopback cluster, %d worker(s): step time over one process' % workers,
@@ -672,6 +752,8 @@ def run_parts(args, work_dir):
         part_pipeline(args, arch, batch, folder, results)
     if 'startup' in args.parts:
         part_startup(args, sources[:16], work_dir, results)
+    if 'formats' in args.parts:
+        part_formats(args, work_dir, results)
     if 'cluster' in args.parts:
         part_cluster(args, arch, batch, results)
     summary(args, results)

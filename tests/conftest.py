@@ -110,7 +110,8 @@ def trained_once(tmp_path_factory):
     folder = write_dataset(tmp_path_factory.mktemp('trained'))
     result = train(folder)
     assert result.returncode == 0, result.stderr
-    exported = run_cli('--mode=export', '--export_dir=%s' % (folder / 'export'), *folders(folder))
+    exported = run_cli('--mode=export', '--export_dir=%s' % (folder / 'export'), '--export_formats=saved_model',
+                       *folders(folder))
     assert exported.returncode == 0, exported.stderr
     return folder, result
 

@@ -185,9 +185,9 @@ def test_trainings_killed_at_chosen_moments_resume_and_their_folder_stays_readab
         process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate()
         assert 'Traceback' not in stderr, (moment, stderr)
-        for mode in ('val', 'infer') if (checkpoints / 'checkpoint').exists() else ():
-            result = run_cli('--mode=%s' % mode, *folders(dataset))
-            assert result.returncode == 0 and 'Traceback' not in result.stderr, (moment, mode, result.stderr)
+        if (checkpoints / 'checkpoint').exists():
+            result = run_cli('--mode=infer', *folders(dataset))
+            assert result.returncode == 0 and 'Traceback' not in result.stderr, (moment, result.stderr)
     result = train(dataset, '--restore', '--max_steps=100000', '--num_epochs=1')
     assert result.returncode == 0 and 'restored' in result.stdout, result.stderr
 
@@ -271,7 +271,8 @@ def test_a_kill_during_a_best_model_save_leaves_best_json_its_checkpoint_and_mod
     if moment.startswith('best.json saved'):
         record = dict(record, step=3)
         (best / 'best.json').write_text(json.dumps(record))
-    result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'again'), *folders(tmp_path))
+    result = run_cli('--mode=export', '--export_dir=%s' % (tmp_path / 'again'), '--export_formats=saved_model',
+                     *folders(tmp_path))
     assert result.returncode == 0, result.stderr
     assert 'using the best validated model: step %d' % record['step'] in result.stdout
     exported = json.loads((tmp_path / 'again' / 'model.json').read_text())

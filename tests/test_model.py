@@ -60,6 +60,26 @@ def test_graph_takes_any_batch_size(batch_size):
     assert decoded_value.shape[0] == batch_size
 
 
+def test_greedy_reading_is_tensorflows_greedy_decoder_in_portable_ops():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(12, 50, 5)).astype(np.float32) * 3     # [time, batch, 4 classes and the blank]
+    logits[:, 0, 4] += 20                                             # all blank: an empty reading
+    logits[:, 1, 2] += 20                                             # one class held: one character
+    logits[::2, 2, 1] += 20                                           # 1, blank, 1...: the class six times
+    logits[1::2, 2, 4] += 20
+    with tf.Graph().as_default(), v1.Session() as session:
+        decoded, _ = tf.nn.ctc_greedy_decoder(logits, tf.fill([50], 12), merge_repeated=True)
+        expected = tf.sparse.to_dense(decoded[0], default_value=-1)
+        labels, confidence = ocr.greedy_reading(tf.constant(logits))
+        expected, labels, confidence = session.run([expected, labels, confidence])
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
+    assert labels.shape == (50, 12)
+    assert [row[row >= 0].tolist() for row in labels] == [row[row >= 0].tolist() for row in expected]
+    assert labels[0].tolist() == [-1] * 12 and labels[1].tolist() == [2] + [-1] * 11 and \
+        labels[2].tolist() == [1] * 6 + [-1] * 6
+    np.testing.assert_allclose(confidence, np.minimum(np.exp(log_softmax.max(axis=2).sum(axis=0)), 1), rtol=1e-5)
+
+
 def test_dense_to_sparse_skips_padding_but_keeps_class_zero():
     with tf.Graph().as_default(), v1.Session() as session:
         sparse = session.run(ocr.dense_to_sparse(tf.constant([[0, 5, -1], [-1, -1, -1], [2, 0, 0]])))

@@ -238,3 +238,20 @@ def test_bad_rnn_settings_are_refused_with_their_value():
             ocr.rnn_stack('gru', INPUT_SIZE, UNITS, 0, 1.0, RHN_DEPTH, 'stack')
         with pytest.raises(ValueError, match='rhn_depth=0'):
             ocr.rnn_stack('rhn', INPUT_SIZE, UNITS, LAYERS, 1.0, 0, 'stack')
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('rnn_cell', KINDS)
+def test_unrolled_rnn_gives_the_logits_of_the_loop(rnn_cell, bidirectional):
+    """LiteRT's and ONNX's graph (one copy of the cells per step) reads as the dynamic_rnn of val and infer."""
+    arch = small_arch(rnn_cell, bidirectional)
+    images = np.random.default_rng(6).integers(0, 256, (3, 32, 64, 1), dtype=np.uint8)
+    with tf.Graph().as_default(), v1.Session() as sess:
+        with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
+            looped = ocr.LSTMOCR('infer', arch).logits(tf.constant(images))
+            unrolled = ocr.LSTMOCR('infer', arch, unrolled=True).logits(tf.constant(images))
+        graph_ops = {op.type for op in tf.compat.v1.get_default_graph().get_operations()}
+        sess.run(v1.global_variables_initializer())
+        looped, unrolled = sess.run([looped, unrolled])
+    assert 'While' in graph_ops or 'Enter' in graph_ops  # the loop is there, so the comparison means something
+    np.testing.assert_allclose(unrolled, looped, rtol=1e-5, atol=1e-5)

@@ -33,7 +33,7 @@ def exported(tmp_path_factory):
     image."""
     folder = tmp_path_factory.mktemp('serving')
     result = run_cli('--mode=export', '--checkpoint_dir=%s' % os.path.join(REPO, 'imgs', 'model'),
-                     '--export_dir=%s' % (folder / 'export'))
+                     '--export_dir=%s' % (folder / 'export'), '--export_formats=saved_model')
     assert result.returncode == 0, result.stderr
     images = folder / 'images'
     images.mkdir()
