@@ -218,16 +218,24 @@ def test_bidirectional_rnn_concatenates_a_forward_and_a_backward_stack():
 
 @pytest.mark.parametrize('bidirectional', [False, True])
 @pytest.mark.parametrize('rnn_cell', KINDS)
-def test_model_logits_for_every_cell(rnn_cell, bidirectional):
+def test_model_logits_for_every_cell_looped_and_unrolled(rnn_cell, bidirectional):
+    """Training's logits have their shape; the graph of LiteRT and ONNX (the cells copied per time step) gives the
+    logits of the dynamic_rnn loop that val and infer run."""
     arch = small_arch(rnn_cell, bidirectional)
-    images = np.random.default_rng(5).integers(0, 256, (2, 32, 64, 1), dtype=np.uint8)
-    with tf.Graph().as_default(), v1.Session() as sess:
-        logits = ocr.LSTMOCR('train', arch, keep_prob=0.8).logits(tf.constant(images))
-        directions = {v.name.split('/')[1] for v in v1.trainable_variables() if v.name.startswith('rnn/')}
+    pixels = np.random.default_rng(5).integers(0, 256, (2, 32, 64, 1), dtype=np.uint8)
+    with tf.Graph().as_default() as graph, v1.Session() as sess, v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
+        images = tf.constant(pixels)
+        training = ocr.LSTMOCR('train', arch, keep_prob=0.8).logits(images)
+        looped = ocr.LSTMOCR('infer', arch).logits(images)
+        unrolled = ocr.LSTMOCR('infer', arch, unrolled=True).logits(images)
+        directions = {v.name.split('/')[2] for v in v1.trainable_variables() if v.name.startswith('ocr/rnn/')}
+        loops = [op for op in graph.get_operations() if op.type in ('While', 'Enter')]
         sess.run(v1.global_variables_initializer())
-        logits = sess.run(logits)
-    assert logits.shape == (ocr.time_steps(arch), 2, len(arch.charset) + 1)
+        training, looped, unrolled = sess.run([training, looped, unrolled])
+    assert training.shape == unrolled.shape == (ocr.time_steps(arch), 2, len(arch.charset) + 1)
     assert directions == ({'fw', 'bw'} if bidirectional else {'fw'})
+    assert loops  # the loop is there, so the comparison means something
+    np.testing.assert_allclose(unrolled, looped, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_rnn_settings_are_refused_with_their_value():
@@ -239,19 +247,3 @@ def test_bad_rnn_settings_are_refused_with_their_value():
         with pytest.raises(ValueError, match='rhn_depth=0'):
             ocr.rnn_stack('rhn', INPUT_SIZE, UNITS, LAYERS, 1.0, 0, 'stack')
 
-
-@pytest.mark.parametrize('bidirectional', [False, True])
-@pytest.mark.parametrize('rnn_cell', KINDS)
-def test_unrolled_rnn_gives_the_logits_of_the_loop(rnn_cell, bidirectional):
-    """LiteRT's and ONNX's graph (one copy of the cells per step) reads as the dynamic_rnn of val and infer."""
-    arch = small_arch(rnn_cell, bidirectional)
-    images = np.random.default_rng(6).integers(0, 256, (3, 32, 64, 1), dtype=np.uint8)
-    with tf.Graph().as_default(), v1.Session() as sess:
-        with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
-            looped = ocr.LSTMOCR('infer', arch).logits(tf.constant(images))
-            unrolled = ocr.LSTMOCR('infer', arch, unrolled=True).logits(tf.constant(images))
-        graph_ops = {op.type for op in tf.compat.v1.get_default_graph().get_operations()}
-        sess.run(v1.global_variables_initializer())
-        looped, unrolled = sess.run([looped, unrolled])
-    assert 'While' in graph_ops or 'Enter' in graph_ops  # the loop is there, so the comparison means something
-    np.testing.assert_allclose(unrolled, looped, rtol=1e-5, atol=1e-5)
