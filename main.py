@@ -1320,6 +1320,8 @@ def write_portable_models(arch, checkpoint, export_dir, formats):
     export_dir as formats say. One signature, serving_default: image (uint8 [n, h, w, c], resized as infer
     resizes) -> labels (int32 [n, time_steps], the greedy reading's indices into architecture.json's charset,
     padded with -1) and confidence (float32 [n]); the RNN unrolled and the greedy decoding in the graph."""
+    log.info('converting the model for %s (about a minute)', ' and '.join(
+        {'tflite': 'LiteRT', 'onnx': 'ONNX Runtime'}[name] for name in formats if name != 'saved_model'))
     staging = tempfile.mkdtemp(dir=export_dir)
     try:
         with tf.Graph().as_default() as graph:
