@@ -48,11 +48,11 @@ SHIPPED_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'im
 LOG_EVERY_STEPS = 10
 SAMPLES_SHOWN = 5
 COVERAGE_THRESHOLDS = (0.0, 0.5, 0.9, 0.99, 0.999)
-LOCK_WRITE_SECONDS = 2
+LOCK_WRITE_SECONDS = 2  # a training writes its lock's line within this time of making the file
 # What each of --export_formats writes in export_dir, beside the model folder.
 EXPORT_FILES = {'saved_model': ('saved_model.pb', 'variables'), 'tflite': ('model.tflite', 'model_int8.tflite'),
                 'onnx': ('model.onnx',)}
-ONNX_OPSET = 17  # a training writes its lock's line within this time of making the file
+ONNX_OPSET = 17
 
 
 # --- dispatch -------------------------------------------------------------------

@@ -41,7 +41,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from conftest import REPO, random_labels, write_text_images  # conftest puts the repository on sys.path
+from conftest import REPO, portable_runner, random_labels, write_text_images  # conftest puts the repository on sys.path
 import cnn_lstm_otc_ocr as ocr
 import main
 import utils
@@ -593,19 +593,6 @@ def saved_model_step(export_dir, encoded, threads):
     return session, lambda: session.run(fetches, feed)
 
 
-def portable_step(path, pixels, threads):
-    """A step of a LiteRT or ONNX model on uint8 pixels, on `threads` threads."""
-    if path.endswith('.onnx'):
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-        return lambda: session.run(['labels', 'confidence'], {'image': pixels})
-    from ai_edge_litert.interpreter import Interpreter
-    runner = Interpreter(model_path=path, num_threads=threads).get_signature_runner('serving_default')
-    return lambda: runner(image=pixels)
-
-
 def part_formats(args, work_dir, results):
     export_dir = os.path.join(work_dir, 'export')
     exported = subprocess.run([sys.executable, os.path.join(REPO, 'main.py'), '--mode=export',
@@ -628,8 +615,9 @@ def part_formats(args, work_dir, results):
             sessions.append(session)
             rounds.add(('SavedModel', cores_name, batch_size), step, args.warmup_steps)
             for name in available:
-                rounds.add((name, cores_name, batch_size), portable_step(
-                    os.path.join(export_dir, name), pixels[:batch_size], threads), args.warmup_steps)
+                run = portable_runner(os.path.join(export_dir, name), threads)
+                rounds.add((name, cores_name, batch_size), lambda run=run, batch=pixels[:batch_size]: run(batch),
+                           args.warmup_steps)
     rounds.run(args.rounds)
     close(sessions)
     print('formats: %d rounds, load %.1f; the shipped model (%dx%d)' % (

@@ -125,6 +125,21 @@ def trained(trained_once, tmp_path):
     return tmp_path, result
 
 
+def portable_runner(path, threads=None):
+    """A model.tflite (LiteRT) or model.onnx (ONNX Runtime) of an export as a function: uint8 pixels [n, h, w, c]
+    -> (labels [n, time_steps], confidence [n]); on `threads` threads (None: the runtime's default)."""
+    if str(path).endswith('.onnx'):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+        return lambda pixels: tuple(session.run(['labels', 'confidence'], {'image': pixels}))
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner('serving_default')
+    return lambda pixels: (lambda out: (out['labels'], out['confidence']))(runner(image=pixels))
+
+
 def wait_for(condition, seconds=240, explain=lambda: 'timed out'):
     """Waits until condition() holds: a state of files or processes, never a time. Fails after `seconds`."""
     deadline = time.time() + seconds

@@ -162,12 +162,27 @@ def test_a_synchronous_step_of_two_workers_is_one_step_of_one_process_on_their_c
                                    err_msg=variable.name)
 
 
+STARTED = []  # the processes of the tasks the running test started
+
+
+@pytest.fixture(autouse=True)
+def no_task_outlives_its_test():
+    """A test that fails while its tasks wait for each other (a ps task waits for its chief) kills them."""
+    yield
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    STARTED.clear()
+
+
 def start_task(arguments, tf_config=None):
     """A task of a cluster as a launcher starts it: main.py --mode=train in the background, its output in a file."""
     environment = dict(USER_ENVIRONMENT, TF_CONFIG=json.dumps(tf_config)) if tf_config else USER_ENVIRONMENT
     output = open(os.path.join(arguments.output_dir, '%s.log' % arguments.name), 'a')
-    return subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', *arguments.flags],
-                            stdout=output, stderr=subprocess.STDOUT, text=True, env=environment, cwd=REPO)
+    STARTED.append(subprocess.Popen([sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', *arguments.flags],
+                                    stdout=output, stderr=subprocess.STDOUT, text=True, env=environment, cwd=REPO))
+    return STARTED[-1]
 
 
 class Task:

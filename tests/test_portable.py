@@ -12,12 +12,12 @@ import pytest
 
 import cnn_lstm_otc_ocr as ocr
 import utils
-from conftest import REPO, USER_ENVIRONMENT, run_cli
+from conftest import REPO, USER_ENVIRONMENT, portable_runner, run_cli
 
 pytestmark = pytest.mark.slow  # each model is exported (about a minute) and read three times
 
-onnxruntime = pytest.importorskip('onnxruntime')
-litert = pytest.importorskip('ai_edge_litert.interpreter')
+pytest.importorskip('onnxruntime')
+pytest.importorskip('ai_edge_litert.interpreter')
 pytest.importorskip('tf2onnx')
 
 GENERATED = 2000
@@ -81,21 +81,13 @@ def read_folder(images, arch):
     return names, np.stack(pixels)
 
 
-def run_litert(path, pixels):
-    runner = litert.Interpreter(model_path=str(path)).get_signature_runner('serving_default')
-    outputs = [runner(image=pixels[start:start + BATCH]) for start in range(0, len(pixels), BATCH)]
-    return (np.concatenate([out['labels'] for out in outputs]),
-            np.concatenate([out['confidence'] for out in outputs]))
-
-
-def run_onnx(path, pixels):
-    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    outputs = [session.run(['labels', 'confidence'], {'image': pixels[start:start + BATCH]})
-               for start in range(0, len(pixels), BATCH)]
+def run_in_batches(path, pixels):
+    run = portable_runner(path)
+    outputs = [run(pixels[start:start + BATCH]) for start in range(0, len(pixels), BATCH)]
     return np.concatenate([out[0] for out in outputs]), np.concatenate([out[1] for out in outputs])
 
 
-RUNTIMES = {'model.tflite': run_litert, 'model.onnx': run_onnx}
+RUNTIMES = ('model.onnx', 'model.tflite')
 
 
 def texts(labels, charset):
@@ -105,7 +97,7 @@ def texts(labels, charset):
 def assert_reads_as_infer(export, readings, images, runtime):
     arch = architecture(export)
     names, pixels = read_folder(images, arch)
-    labels, confidence = RUNTIMES[runtime](export / runtime, pixels)
+    labels, confidence = run_in_batches(export / runtime, pixels)
     assert labels.dtype == np.int32 and confidence.dtype == np.float32
     assert labels.shape == (len(names), time_steps(arch))
     got = dict(zip(names, texts(labels, arch['charset'])))
@@ -116,17 +108,17 @@ def assert_reads_as_infer(export, readings, images, runtime):
     return dict(zip(names, confidence))
 
 
-@pytest.mark.parametrize('runtime', sorted(RUNTIMES))
+@pytest.mark.parametrize('runtime', RUNTIMES)
 def test_shipped_model_reads_as_infer(shipped, images, runtime):
     assert_reads_as_infer(*shipped, images, runtime)
 
 
-@pytest.mark.parametrize('runtime', sorted(RUNTIMES))
+@pytest.mark.parametrize('runtime', RUNTIMES)
 def test_trained_model_reads_as_infer(trained_model, images, runtime):
     assert_reads_as_infer(*trained_model, images, runtime)
 
 
-@pytest.mark.parametrize('runtime', sorted(RUNTIMES))
+@pytest.mark.parametrize('runtime', RUNTIMES)
 def test_any_batch_size_and_blank_images_read_nothing(shipped, runtime):
     export, _ = shipped
     arch = architecture(export)
@@ -134,7 +126,7 @@ def test_any_batch_size_and_blank_images_read_nothing(shipped, runtime):
     one = np.full((1,) + shape, 255, np.uint8)
     seven = np.stack([np.full(shape, level, np.uint8) for level in (255, 0, 128, 235, 250, 200, 30)])
     for batch in (one, seven):
-        labels, confidence = RUNTIMES[runtime](export / runtime, batch)
+        labels, confidence = run_in_batches(export / runtime, batch)
         assert labels.shape == (len(batch), time_steps(arch)) and confidence.shape == (len(batch),)
         assert texts(labels, arch['charset']) == [''] * len(batch)
 
@@ -147,7 +139,7 @@ def test_int8_model_reads_within_a_tenth_of_a_point_of_the_float_one(shipped, im
     generated = np.array([not name.startswith('bundled_') for name in names])
     accuracy = {}
     for model in ('model.tflite', 'model_int8.tflite'):
-        read = texts(run_litert(export / model, pixels[generated])[0], arch['charset'])
+        read = texts(run_in_batches(export / model, pixels[generated])[0], arch['charset'])
         accuracy[model] = np.mean([text == label for text, label in zip(read, labels)])
     assert accuracy['model.tflite'] > 0.95
     assert abs(accuracy['model_int8.tflite'] - accuracy['model.tflite']) <= 0.001
