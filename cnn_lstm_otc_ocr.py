@@ -20,11 +20,11 @@ Architecture = collections.namedtuple('Architecture', [
 # (the height only) once halving the width again would leave fewer than max_stepsize time steps. A model uses the
 # first cnn_count units, the last of them with out_channels filters; a deeper one repeats the last row.
 CONV_UNITS = (
-    # name    filters    output at the defaults: 60x180 grey, cnn_count 4, out_channels 64, max_stepsize 0
-    ('unit_1', 64),      # [b, 30, 90, 64]
-    ('unit_2', 128),     # [b, 15, 45, 128]
-    ('unit_3', 128),     # [b, 8, 23, 128]
-    ('unit_4', 128),     # [b, 4, 12, 64]: out_channels, the last unit
+    # name    filters    output at the defaults: 40x120 grey, cnn_count 4, out_channels 64, max_stepsize 16
+    ('unit_1', 64),      # [b, 20, 60, 64]
+    ('unit_2', 128),     # [b, 10, 30, 128]
+    ('unit_3', 128),     # [b, 5, 30, 128]: pooled 2x1, as halving 30 would leave fewer than 16 steps
+    ('unit_4', 128),     # [b, 3, 30, 64]: out_channels, the last unit
 )
 
 

@@ -845,10 +845,19 @@ def synth_fonts(renderers):
     return fonts
 
 
+SYNTH_SIZE = {'image_height': 60, 'image_width': 180}  # the contest's images, unless the flags are given
+
+
+def synth_size(name):
+    """--image_height or --image_width of synth's images: the flag when given, else the contest's size (the model's
+    smaller default is a size to resize to, not to draw at)."""
+    return getattr(FLAGS, name) if FLAGS[name].present else SYNTH_SIZE[name]
+
+
 def run_synth():
     """synth with the flags: checked before the fonts are searched (seconds), then drawn with the fonts found."""
-    spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.image_height,
-                     FLAGS.image_width, (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
+    spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, synth_size('image_height'),
+                     synth_size('image_width'), (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
     labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
     arguments = (FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
     check_synth(spec, *arguments)

@@ -68,31 +68,33 @@ flags.DEFINE_list('export_formats', list(EXPORT_FORMATS),
 flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
                      'train_dir or val_dir) that already exist; main.py --mode=export: replace the model in export_dir')
 
-# The model's architecture (saved in architecture.json; val, infer and export read it from there).
-flags.DEFINE_integer('image_height', 60, 'images are resized to this height')
-flags.DEFINE_integer('image_width', 180, 'images are resized to this width')
+# The model's architecture (saved in architecture.json; val, infer and export read it from there). The defaults of
+# the architecture and of training learn faster than the original project's, which ORIGINAL_FLAGS restores.
+flags.DEFINE_integer('image_height', 40, 'images are resized to this height')
+flags.DEFINE_integer('image_width', 120, 'images are resized to this width')
 flags.DEFINE_integer('image_channel', 1, '1: read images as grey, 3: as colour')
 flags.DEFINE_string('charset', CONTEST_CHARSET, 'the characters labels may contain')
 flags.DEFINE_integer('cnn_count', 4, 'number of conv + batch norm + leaky ReLU + max-pool units')
 flags.DEFINE_integer('out_channels', 64, 'filters of the last conv unit')
 flags.DEFINE_float('leakiness', 0.01, 'slope of the leaky ReLU for negative inputs')
-flags.DEFINE_integer('max_stepsize', 0,
+flags.DEFINE_integer('max_stepsize', 16,
                      'least number of RNN time steps: width pooling stops halving once another halving would '
-                     'drop below it (0: every conv unit halves the width, 12 steps at width 180)')
-flags.DEFINE_enum('rnn_cell', 'lstm', list(ocr.RNN_CELLS),
+                     'drop below it (16: 30 steps at width 120; 0: every conv unit halves the width)')
+flags.DEFINE_enum('rnn_cell', 'gru', list(ocr.RNN_CELLS),
                   'RNN cell: LSTM, GRU, highway LSTM, recurrent highway network or nested LSTM')
 flags.DEFINE_integer('rnn_layers', 2, 'stacked RNN layers')
 flags.DEFINE_integer('num_hidden', 128, 'units of each RNN layer')
-flags.DEFINE_boolean('bidirectional', False, 'run a second RNN stack backwards and concatenate the two')
+flags.DEFINE_boolean('bidirectional', True, 'run a second RNN stack backwards and concatenate the two')
 flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn')
 
 # Training: where it starts, how long it runs, when it validates and saves.
 flags.DEFINE_boolean('restore', False, 'resume training from the latest checkpoint in checkpoint_dir')
 flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
                     'or an export such as imgs/model) at step 0 with a fresh optimiser')
-flags.DEFINE_integer('batch_size', 40, 'images per step (train, val and infer)')
+flags.DEFINE_integer('batch_size', 64, 'images per step (train, val and infer)')
 flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir')
-flags.DEFINE_integer('max_steps', 0, 'stop training at this global step (0: no limit)')
+flags.DEFINE_integer('max_steps', 4000, 'stop training at this global step (0: no limit); the cosine schedule ends '
+                     'there')
 flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps')
 flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps')
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
@@ -103,18 +105,24 @@ flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output 
 # Training: optimiser and learning-rate schedule.
 flags.DEFINE_enum('optimizer', 'adam', list(ocr.OPTIMIZERS), 'Adam (beta1, beta2) or momentum SGD (momentum)')
 flags.DEFINE_float('initial_learning_rate', 1e-3, 'learning rate at step 0')
-flags.DEFINE_enum('lr_schedule', 'exponential', list(ocr.LR_SCHEDULES),
-                  'exponential: times decay_rate every decay_steps (staircase); cosine: from initial_learning_rate '
-                  'to 0 over decay_steps; piecewise: times decay_rate at each step of lr_boundaries')
-flags.DEFINE_integer('decay_steps', 10000, 'the learning rate is multiplied by decay_rate every this many steps')
+flags.DEFINE_enum('lr_schedule', 'cosine', list(ocr.LR_SCHEDULES),
+                  'cosine: from initial_learning_rate down to 0 at --max_steps (or at --decay_steps when given); '
+                  'exponential: times decay_rate every decay_steps (staircase); piecewise: times decay_rate at each '
+                  'step of lr_boundaries')
+flags.DEFINE_integer('decay_steps', 10000, 'exponential: the learning rate is multiplied by decay_rate every this '
+                     'many steps; cosine: the step at which it reaches 0 (default: --max_steps)')
 flags.DEFINE_float('decay_rate', 0.98, 'learning rate decay factor')
 flags.DEFINE_list('lr_boundaries', [], 'piecewise schedule: steps at which the learning rate drops, e.g. 20000,40000')
-flags.DEFINE_integer('warmup_steps', 0, 'raise the learning rate linearly from 0 over this many first steps')
+flags.DEFINE_integer('warmup_steps', 200, 'raise the learning rate linearly from 0 over this many first steps')
 flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
 flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
 flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
 flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
                    '(0: off)')
+
+# The original project's model and training, where the defaults above differ (README, "Training on your own data").
+ORIGINAL_FLAGS = ('--image_height=60', '--image_width=180', '--max_stepsize=0', '--rnn_cell=lstm', '--nobidirectional',
+                  '--batch_size=40', '--lr_schedule=exponential', '--warmup_steps=0', '--max_steps=0')
 
 # Devices and number formats.
 flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '
@@ -313,8 +321,19 @@ def lr_boundaries():
     return [int(boundary) for boundary in FLAGS.lr_boundaries]
 
 
+def decay_steps():
+    """The schedule's --decay_steps, except that a cosine schedule ends at --max_steps unless --decay_steps is given."""
+    if FLAGS.lr_schedule == 'cosine' and FLAGS.max_steps and not FLAGS['decay_steps'].present:
+        return FLAGS.max_steps
+    return FLAGS.decay_steps
+
+
 def check_schedule():
-    """Learning-rate schedule flags that cannot work."""
+    """Learning-rate schedule flags that cannot work; a cosine schedule that ends before training does warns."""
+    if FLAGS.lr_schedule == 'cosine' and decay_steps() < (FLAGS.max_steps or math.inf):
+        log.warning('warning: --lr_schedule=cosine reaches a learning rate of 0 at step %d (--decay_steps), before '
+                    'training ends (--max_steps=%d%s): the steps after it learn nothing', decay_steps(),
+                    FLAGS.max_steps, '' if FLAGS.max_steps else ', no limit')
     if FLAGS.lr_schedule != 'piecewise':
         return
     if not FLAGS.lr_boundaries:

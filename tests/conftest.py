@@ -17,9 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 tf.compat.v1.disable_eager_execution()
 
-# A small model that trains in seconds: 32x96 grey images, 3 conv units -> 12 time steps.
-SMALL_MODEL_FLAGS = ['--image_height=32', '--image_width=96', '--cnn_count=3', '--out_channels=32',
-                     '--num_hidden=32', '--rnn_layers=1']
+# A small model that trains in seconds: 32x96 grey images, 3 conv units -> 12 time steps, one LSTM layer.
+SMALL_MODEL_FLAGS = ['--image_height=32', '--image_width=96', '--cnn_count=3', '--out_channels=32', '--max_stepsize=0',
+                     '--num_hidden=32', '--rnn_layers=1', '--rnn_cell=lstm', '--nobidirectional']
 
 
 def write_text_images(folder, labels, names=None, size=(32, 96), seed=0):

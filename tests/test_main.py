@@ -13,11 +13,13 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, SMALL_MODEL_FLAGS, folders, run_cli, train, write_text_images
+import cnn_lstm_otc_ocr as ocr
+import utils
 
 
 def test_train_logs_validates_and_saves(trained):
     tmp_path, result = trained
-    assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.001000 gradient norm [\d.]+ [\d.]+ images/s',
+    assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr [\d.]+ gradient norm [\d.]+ [\d.]+ images/s',
                      result.stdout)
     assert 'step 1 epoch' in result.stdout and 'step 3 epoch' not in result.stdout  # every 10 steps, first, last
     assert 'step 2: validation accuracy' in result.stdout and ' label ' in result.stdout
@@ -209,7 +211,7 @@ def test_bf16_trains_and_fp16_on_the_cpu_is_refused(dataset):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('cell, bidirectional', [('gru', True), ('rhn', False)])  # every cell both ways, and
-# unrolled: test_rnn_cells.py; the default LSTM: every other CLI test
+# unrolled: test_rnn_cells.py; the small model's LSTM: every other CLI test
 def test_each_rnn_variant_trains_validates_and_infers_without_repeating_flags(dataset, cell, bidirectional):
     extra = ['--rnn_cell=%s' % cell, '--rnn_layers=2', '--rhn_depth=2', '--bidirectional=%s' % bidirectional]
     result = train(dataset, '--max_steps=1', *extra)
@@ -333,10 +335,28 @@ def test_init_from_another_architecture_or_restore_from_an_export_is_refused(tra
 @pytest.mark.slow
 def test_learning_rate_schedule_flags_reach_the_training(dataset):
     result = run_cli('--mode=train', '--batch_size=16', '--max_steps=4', '--validation_steps=10', *SMALL_MODEL_FLAGS,
-                     *folders(dataset), '--lr_schedule=piecewise', '--lr_boundaries=2', '--decay_rate=0.5')
+                     *folders(dataset), '--lr_schedule=piecewise', '--lr_boundaries=2', '--decay_rate=0.5',
+                     '--warmup_steps=0')
     assert result.returncode == 0, result.stderr
     assert re.search(r'step 1 epoch [\d.]+ loss [\d.]+ lr 0\.001000 ', result.stdout)
     assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.000500 ', result.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('extra, architecture, steps, rates', [
+    ([], (40, 120, 16, 'gru', True), 30, ('0.000005', '0.000003')),  # warm-up 1/200, 4/200 x cosine at 3/4
+    (list(utils.ORIGINAL_FLAGS), (60, 180, 0, 'lstm', False), 12, ('0.001000', '0.001000')),
+])
+def test_defaults_and_readmes_flag_set_of_the_original_project(dataset, extra, architecture, steps, rates):
+    assert ' '.join(utils.ORIGINAL_FLAGS) in open(os.path.join(REPO, 'README.md')).read()
+    result = run_cli('--mode=train', *extra, '--batch_size=16', '--max_steps=4', *folders(dataset))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((dataset / 'checkpoint' / 'architecture.json').read_text())
+    assert tuple(saved[name] for name in ('image_height', 'image_width', 'max_stepsize', 'rnn_cell',
+                                          'bidirectional')) == architecture
+    assert ocr.time_steps(ocr.Architecture(**saved)) == steps
+    for step, rate in zip((1, 4), rates):
+        assert re.search(r'step %d epoch [\d.]+ loss [\d.]+ lr %s ' % (step, rate), result.stdout), result.stdout
 
 
 @pytest.mark.slow

@@ -8,26 +8,26 @@ import utils
 from conftest import random_labels, write_text_images
 
 v1 = tf.compat.v1
-DEFAULT = ocr.Architecture(image_height=60, image_width=180, image_channel=1, charset='0123456789+-*()',
-                           cnn_count=4, out_channels=64, num_hidden=128, leakiness=0.01, max_stepsize=0,
-                           rnn_cell='lstm', rnn_layers=2, bidirectional=False, rhn_depth=3)
-SMALL = DEFAULT._replace(image_height=32, image_width=96, cnn_count=3, out_channels=32, num_hidden=32,
-                         charset='0123456789', rnn_layers=1)
+ORIGINAL = ocr.Architecture(image_height=60, image_width=180, image_channel=1, charset='0123456789+-*()',
+                            cnn_count=4, out_channels=64, num_hidden=128, leakiness=0.01, max_stepsize=0,
+                            rnn_cell='lstm', rnn_layers=2, bidirectional=False, rhn_depth=3)  # the original project's
+SMALL = ORIGINAL._replace(image_height=32, image_width=96, cnn_count=3, out_channels=32, num_hidden=32,
+                          charset='0123456789', rnn_layers=1)
 
 
 @pytest.mark.parametrize('width, cnn_count, max_stepsize, steps', [
     (180, 4, 0, 12), (180, 4, 12, 12), (180, 4, 13, 23), (180, 4, 30, 45), (180, 4, 180, 180),
     (96, 3, 0, 12), (100, 4, 0, 7), (256, 4, 20, 32)])
 def test_width_halves_until_it_would_drop_below_max_stepsize(width, cnn_count, max_stepsize, steps):
-    arch = DEFAULT._replace(image_width=width, cnn_count=cnn_count, max_stepsize=max_stepsize)
+    arch = ORIGINAL._replace(image_width=width, cnn_count=cnn_count, max_stepsize=max_stepsize)
     assert ocr.time_steps(arch) == steps
 
 
 def test_conv_table_filters_and_feature_shape():
-    assert [unit[1] for unit in ocr.conv_units(DEFAULT)] == [64, 128, 128, 64]
-    assert [unit[1] for unit in ocr.conv_units(DEFAULT._replace(cnn_count=6, out_channels=32))] == \
+    assert [unit[1] for unit in ocr.conv_units(ORIGINAL)] == [64, 128, 128, 64]
+    assert [unit[1] for unit in ocr.conv_units(ORIGINAL._replace(cnn_count=6, out_channels=32))] == \
         [64, 128, 128, 128, 128, 32]
-    assert ocr.feature_shape(DEFAULT) == (12, 4, 64)  # 60 -> 30 -> 15 -> 8 -> 4 rows of 64 channels
+    assert ocr.feature_shape(ORIGINAL) == (12, 4, 64)  # 60 -> 30 -> 15 -> 8 -> 4 rows of 64 channels
 
 
 def build(arch, mode):
@@ -49,7 +49,7 @@ def minimize(loss, opt, global_step):
 @pytest.mark.parametrize('batch_size', [1, 7])
 def test_graph_takes_any_batch_size(batch_size):
     with tf.Graph().as_default():
-        images, label_ids, logits, loss, decoded = build(DEFAULT, 'infer')
+        images, label_ids, logits, loss, decoded = build(ORIGINAL, 'infer')
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
             feed = {images: np.zeros((batch_size, 60, 180, 1), np.uint8),

@@ -383,8 +383,8 @@ def test_every_size_has_a_bound_named_by_its_flag(flags, flag, value):
 
 
 def test_a_batch_too_large_for_memory_names_its_three_flags(flags):
-    flags('--batch_size=8192')
-    with pytest.raises(utils.UserError, match='--batch_size=8192 x --image_height=60 x --image_width=180'):
+    flags('--batch_size=16384')
+    with pytest.raises(utils.UserError, match='--batch_size=16384 x --image_height=40 x --image_width=120'):
         utils.check_main_flags()
 
 

@@ -25,14 +25,9 @@ import time
 from conftest import REPO, USER_ENVIRONMENT  # conftest puts the repository on sys.path
 import utils
 
-# The recipes: main.py flags beside the folders. `original` is the original project's training, `readme` the
-# command of README's "Training on your own data".
-RECIPES = {
-    'original': ['--image_height=60', '--image_width=180', '--rnn_cell=lstm', '--rnn_layers=2', '--num_hidden=128',
-                 '--max_stepsize=0', '--batch_size=40', '--initial_learning_rate=0.001',
-                 '--lr_schedule=exponential', '--decay_steps=10000', '--decay_rate=0.98', '--warmup_steps=0'],
-    'readme': ['--augment'],
-}
+# The recipes: main.py flags beside the folders. `original` is the original project's training (README's flag set),
+# `readme` the command of README's "Training on your own data".
+RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': ['--augment']}
 RENDERERS = ('classic', 'contest')
 THRESHOLDS = (0.99, 0.9975)
 VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
@@ -50,6 +45,10 @@ def parse_args(argv):
     parser.add_argument('--test_images', type=int, default=2000)
     parser.add_argument('--validation_steps', type=int, default=250)
     parser.add_argument('--seed', type=int, default=71, help='of the drawn images (train, val and test differ)')
+    parser.add_argument('--data_dir', default='',
+                        help='keep the drawn images here, one folder per renderer, and reuse them on the next run; '
+                             'each training\'s log is written there too (default: a temporary folder, removed at '
+                             'the end)')
     args = parser.parse_args(argv)
     recipes = {name: RECIPES[name] for name in args.recipes.split(',') if name}
     unknown = [name for name in args.recipes.split(',') if name and name not in RECIPES]
@@ -72,9 +71,11 @@ def run(script, *arguments):
 
 
 def draw(folder, renderer, args):
-    """train/, val/ and test/ of one renderer, seeded."""
+    """train/, val/ and test/ of one renderer, seeded; a set already drawn there is kept."""
     for offset, (name, count) in enumerate((('train', args.train_images), ('val', args.val_images),
                                             ('test', args.test_images))):
+        if os.path.exists(os.path.join(folder, name, 'labels.txt')):
+            continue
         run('helper.py', '--mode=synth', '--renderer=%s' % renderer, '--out_dir=%s' % os.path.join(folder, name),
             '--num_images=%d' % count, '--seed=%d' % (args.seed + offset))
 
@@ -99,6 +100,9 @@ def train(data, work, flags, args):
             print('    %5.1f min  step %6d  validation %.2f%%' % (validations[-1][0], validations[-1][1],
                                                                   100 * validations[-1][2]), flush=True)
     stop.cancel()
+    if args.data_dir:
+        with open(os.path.join(args.data_dir, os.path.basename(work) + '.log'), 'w') as saved:
+            saved.writelines(log)
     if process.wait() not in (0, 128 + signal.SIGINT):
         raise SystemExit('training failed:\n' + ''.join(log[-30:]))
     return validations
@@ -126,7 +130,7 @@ def main(argv):
     work_dir = tempfile.mkdtemp(prefix='ocr-time-to-accuracy-')
     try:
         for renderer in args.renderers:
-            data = os.path.join(work_dir, renderer)
+            data = os.path.join(args.data_dir or work_dir, renderer)
             print('drawing %s images...' % renderer, flush=True)
             draw(data, renderer, args)
             for name, flags in args.recipes.items():
