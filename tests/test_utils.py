@@ -420,3 +420,13 @@ def test_served_decoding_skips_bad_images_without_failing_the_batch(tmp_path):
     assert where.tolist() == [0, -1, -1, -1, 1] and images.shape == (3, 32, 96, 1)
     assert (images[:2] == 255).all()  # the PNG and the GIF, each read whole
     assert empty_where.shape == (0,) and empty_images.shape == (1, 32, 96, 1)
+
+
+def test_a_cosine_schedule_ending_before_training_warns_with_both_flags(flags, caplog):
+    flags('--decay_steps=100', '--max_steps=200')
+    utils.check_schedule()
+    assert 'reaches a learning rate of 0 at step 100 (--decay_steps)' in caplog.text and '--max_steps=200' in caplog.text
+    caplog.clear()
+    flags('--max_steps=300')  # no --decay_steps: the cosine ends at --max_steps, no warning
+    utils.check_schedule()
+    assert utils.decay_steps() == 300 and 'reaches a learning rate of 0' not in caplog.text
