@@ -649,7 +649,7 @@ def hyperparameters():
     return ocr.Hyperparameters(
         optimizer=FLAGS.optimizer, initial_learning_rate=FLAGS.initial_learning_rate, lr_schedule=FLAGS.lr_schedule,
         decay_steps=utils.decay_steps(), decay_rate=FLAGS.decay_rate, lr_boundaries=utils.lr_boundaries(),
-        warmup_steps=FLAGS.warmup_steps, beta1=FLAGS.beta1, beta2=FLAGS.beta2, momentum=FLAGS.momentum,
+        warmup_steps=utils.warmup_steps(), beta1=FLAGS.beta1, beta2=FLAGS.beta2, momentum=FLAGS.momentum,
         keep_prob=FLAGS.output_keep_prob, clip_norm=FLAGS.clip_norm, loss_scaling=FLAGS.precision == 'fp16')
 
 

@@ -328,12 +328,23 @@ def decay_steps():
     return FLAGS.decay_steps
 
 
+def warmup_steps():
+    """--warmup_steps, except that the default warm-up takes at most a tenth of a training's --max_steps."""
+    if FLAGS.max_steps and not FLAGS['warmup_steps'].present:
+        return min(FLAGS.warmup_steps, FLAGS.max_steps // 10)
+    return FLAGS.warmup_steps
+
+
 def check_schedule():
-    """Learning-rate schedule flags that cannot work; a cosine schedule that ends before training does warns."""
+    """Learning-rate schedule flags that cannot work; a cosine schedule that ends before training does, or a warm-up
+    that outlasts it, warns."""
     if FLAGS.lr_schedule == 'cosine' and decay_steps() < (FLAGS.max_steps or math.inf):
         log.warning('warning: --lr_schedule=cosine reaches a learning rate of 0 at step %d (--decay_steps), before '
                     'training ends (--max_steps=%d%s): the steps after it learn nothing', decay_steps(),
                     FLAGS.max_steps, '' if FLAGS.max_steps else ', no limit')
+    if FLAGS.max_steps and warmup_steps() >= FLAGS.max_steps:
+        log.warning('warning: --warmup_steps=%d is not shorter than --max_steps=%d: the learning rate never reaches '
+                    '--initial_learning_rate=%g', warmup_steps(), FLAGS.max_steps, FLAGS.initial_learning_rate)
     if FLAGS.lr_schedule != 'piecewise':
         return
     if not FLAGS.lr_boundaries:

@@ -430,3 +430,18 @@ def test_a_cosine_schedule_ending_before_training_warns_with_both_flags(flags, c
     flags('--max_steps=300')  # no --decay_steps: the cosine ends at --max_steps, no warning
     utils.check_schedule()
     assert utils.decay_steps() == 300 and 'reaches a learning rate of 0' not in caplog.text
+
+
+def test_the_default_warm_up_takes_at_most_a_tenth_of_training_and_a_longer_given_one_warns(flags, caplog):
+    flags('--max_steps=500')
+    assert utils.warmup_steps() == 50
+    flags('--max_steps=0')
+    assert utils.warmup_steps() == 200
+    flags('--max_steps=4000')
+    assert utils.warmup_steps() == 200
+    utils.check_schedule()
+    assert 'never reaches' not in caplog.text
+    flags('--max_steps=100', '--warmup_steps=300')
+    assert utils.warmup_steps() == 300
+    utils.check_schedule()
+    assert '--warmup_steps=300 is not shorter than --max_steps=100' in caplog.text
