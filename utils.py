@@ -104,7 +104,7 @@ flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output 
 
 # Training: optimiser and learning-rate schedule.
 flags.DEFINE_enum('optimizer', 'adam', list(ocr.OPTIMIZERS), 'Adam (beta1, beta2) or momentum SGD (momentum)')
-flags.DEFINE_float('initial_learning_rate', 1e-3, 'learning rate at step 0')
+flags.DEFINE_float('initial_learning_rate', 5e-4, 'peak learning rate (at step 0, or at the end of the warm-up)')
 flags.DEFINE_enum('lr_schedule', 'cosine', list(ocr.LR_SCHEDULES),
                   'cosine: from initial_learning_rate down to 0 at --max_steps (or at --decay_steps when given); '
                   'exponential: times decay_rate every decay_steps (staircase); piecewise: times decay_rate at each '
@@ -122,7 +122,8 @@ flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when the
 
 # The original project's model and training, where the defaults above differ (README, "Training on your own data").
 ORIGINAL_FLAGS = ('--image_height=60', '--image_width=180', '--max_stepsize=0', '--rnn_cell=lstm', '--nobidirectional',
-                  '--batch_size=40', '--lr_schedule=exponential', '--warmup_steps=0', '--max_steps=0')
+                  '--batch_size=40', '--initial_learning_rate=0.001', '--lr_schedule=exponential', '--warmup_steps=0',
+                  '--max_steps=0')
 
 # Devices and number formats.
 flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '

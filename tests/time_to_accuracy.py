@@ -4,14 +4,16 @@ kind it never saw. A script, not a test (pytest collects only test_*.py):
     python tests/time_to_accuracy.py                          # two renderers x two recipes, 20 minutes each
     python tests/time_to_accuracy.py --renderers=classic --recipes=readme --minutes=5
 
-For each renderer of `helper.py --mode=synth` it draws --train_images, --val_images and --test_images (seeded),
-then trains `main.py --mode=train` with each recipe for --minutes of wall-clock time (bf16 where the CPU has bf16
-instructions), reading the validation accuracy from its log as it comes, and stops it with SIGINT (it saves).
-Per run: minutes and steps to 99% and to 99.75% validation accuracy, the lowest validation accuracy after first
-reaching 99%, the best, and the best checkpoint's accuracy on the test images. Runs go one after another; the
+For each renderer (`helper.py --mode=synth`'s classic and contest, or `rotated`: printed characters each turned up
+to 20 degrees, by tests/other_renderers.py in --fonts) it draws --train_images, --val_images and --test_images
+(seeded), then trains `main.py --mode=train` with each recipe for --minutes of wall-clock time (bf16 where the CPU
+has bf16 instructions), reading the validation accuracy from its log as it comes, and stops it with SIGINT (it
+saves). Per run: minutes and steps to 99% and to 99.75% validation accuracy, the lowest validation accuracy after
+first reaching 99%, the best, and the best checkpoint's accuracy on the test images. Runs go one after another; the
 machine may be shared, so compare recipes by the ratio of their times within one run of this script.
 """
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -28,14 +30,18 @@ import utils
 # The recipes: main.py flags beside the folders. `original` is the original project's training (README's flag set),
 # `readme` the command of README's "Training on your own data".
 RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': ['--augment']}
-RENDERERS = ('classic', 'contest')
+RENDERERS = ('classic', 'contest', 'rotated')  # rotated: tests/other_renderers.py --style=rotated
 THRESHOLDS = (0.99, 0.9975)
 VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--renderers', default=','.join(RENDERERS), help='comma-separated renderers of helper.py')
+    parser.add_argument('--renderers', default='classic,contest',
+                        help='comma-separated, of: %s (helper.py\'s, or tests/other_renderers.py --style=rotated)'
+                        % ', '.join(RENDERERS))
+    parser.add_argument('--fonts', default='/usr/share/fonts/truetype/dejavu/*.ttf',
+                        help='font files the rotated renderer draws with (a glob)')
     parser.add_argument('--recipes', default=','.join(RECIPES), help='comma-separated, of: %s' % ', '.join(RECIPES))
     parser.add_argument('--flags', action='append', default=[], metavar='NAME=FLAGS',
                         help='one more recipe: a name and main.py flags, e.g. "fast=--batch_size=64 --augment"')
@@ -74,10 +80,21 @@ def draw(folder, renderer, args):
     """train/, val/ and test/ of one renderer, seeded; a set already drawn there is kept."""
     for offset, (name, count) in enumerate((('train', args.train_images), ('val', args.val_images),
                                             ('test', args.test_images))):
-        if os.path.exists(os.path.join(folder, name, 'labels.txt')):
+        out_dir = os.path.join(folder, name)
+        if os.path.isdir(out_dir) and sum(image.endswith('.png') for image in os.listdir(out_dir)) >= count:
             continue
-        run('helper.py', '--mode=synth', '--renderer=%s' % renderer, '--out_dir=%s' % os.path.join(folder, name),
-            '--num_images=%d' % count, '--seed=%d' % (args.seed + offset))
+        common = ['--out_dir=%s' % out_dir, '--num_images=%d' % count, '--seed=%d' % (args.seed + offset)]
+        if renderer == 'rotated':
+            run(os.path.join('tests', 'other_renderers.py'), '--style=rotated', *common, '--fonts', *font_files(args))
+        else:
+            run('helper.py', '--mode=synth', '--renderer=%s' % renderer, *common)
+
+
+def font_files(args):
+    fonts = sorted(glob.glob(args.fonts))
+    if not fonts:
+        raise SystemExit('--fonts=%s: no font files there (the rotated renderer draws with them)' % args.fonts)
+    return fonts
 
 
 def train(data, work, flags, args):
