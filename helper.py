@@ -224,7 +224,8 @@ OPERATORS = '+-*'
 
 # What an image looks like, besides its id.
 SynthSpec = collections.namedtuple('SynthSpec',
-                                   'seed text charset min_len max_len height width fonts clutter renderer blank_share')
+                                   'seed text charset min_len max_len height width fonts clutter renderer blank_share '
+                                   'plain_share')
 
 
 def contest_expression(rng):
@@ -684,6 +685,14 @@ def render_contest(label, height, width, rand):
     return np.asarray(image)[..., ::-1].copy()
 
 
+def plain_image(height, width, rand):
+    """One colour all over, as an empty scan or form field: white, black, a grey or any colour, in equal shares;
+    uint8 BGR [height, width, 3]; rand: a numpy Generator."""
+    kind = rand.integers(0, 4)
+    colour = rand.integers(0, 256, 3) if kind == 3 else [(255, 0, rand.integers(0, 256))[kind]] * 3
+    return np.full((height, width, 3), colour, np.uint8)
+
+
 # --- synth: files ------------------------------------------------------------
 
 RENDERERS = ('contest', 'captcha07', 'classic')
@@ -725,7 +734,9 @@ def synth_image(spec, image_id):
     choice = np.random.default_rng([spec.seed, image_id, 1])
     label = '' if choice.random() < spec.blank_share else make_label(spec, rng)
     renderer = pick_renderer(spec.renderer, choice)
-    if renderer == 'contest':
+    if not label and spec.plain_share and choice.random() < spec.plain_share:
+        image = plain_image(spec.height, spec.width, choice)
+    elif renderer == 'contest':
         image = render_contest(label, spec.height, spec.width, random.Random('%d/%d' % (spec.seed, image_id)))
     elif renderer == 'captcha07':
         image = render_captcha07(label, spec.height, spec.width, spec.fonts, rng)
@@ -857,7 +868,8 @@ def synth_size(name):
 def run_synth():
     """synth with the flags: checked before the fonts are searched (seconds), then drawn with the fonts found."""
     spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, synth_size('image_height'),
-                     synth_size('image_width'), (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share)
+                     synth_size('image_width'), (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share,
+                     FLAGS.plain_share)
     labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
     arguments = (FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
     check_synth(spec, *arguments)

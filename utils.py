@@ -177,6 +177,8 @@ flags.DEFINE_string('renderer', 'mix',
                     'choice, such as contest:8,captcha07:1,classic:1')
 flags.DEFINE_float('blank_share', 0.0, 'helper synth: share of the images drawn without text (label empty, named '
                    '<id>_.png), to teach a model to read nothing where there is nothing')
+flags.DEFINE_float('plain_share', 0.0, 'helper synth: share of the images without text that are one plain colour '
+                   '(white, black, a grey or any colour) instead of the renderer\'s background and noise')
 flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
 flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
 flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<label>.png, else <id>.png '
@@ -245,7 +247,7 @@ STEPS = 10 ** 12
 NUMERIC_FLAGS = [
     ('initial_learning_rate', 0, math.inf, False), ('decay_rate', 0, 1, False), ('beta1', 0, 1, True),
     ('beta2', 0, 1, True), ('momentum', 0, 1, True), ('leakiness', 0, 1, True), ('output_keep_prob', 0, 1, False),
-    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('image_height', 1, 1024, True),
+    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('plain_share', 0, 1, True), ('image_height', 1, 1024, True),
     ('image_width', 1, 8192, True), ('image_channel', 1, 3, True), ('cnn_count', 1, 16, True),
     ('out_channels', 1, 4096, True), ('num_hidden', 1, 4096, True), ('rnn_layers', 1, 64, True),
     ('rhn_depth', 1, 64, True), ('batch_size', 1, 16384, True), ('save_steps', 1, STEPS, True),

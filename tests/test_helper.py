@@ -15,7 +15,8 @@ from utils import UserError, expression_value, label_from_filename
 # Three single digits, two operators, parentheses around two adjacent numbers or none.
 CONTEST_GRAMMAR = re.compile(r'\d[-+*]\d[-+*]\d|\(\d[-+*]\d\)[-+*]\d|\d[-+*]\(\d[-+*]\d\)')
 EXPRESSION = helper.SynthSpec(seed=0, text='expression', charset='', min_len=1, max_len=8, height=60, width=180,
-                               fonts=(), clutter='over', renderer='classic', blank_share=0.0)
+                               fonts=(), clutter='over', renderer='classic', blank_share=0.0,
+                               plain_share=0.0)
 CONTEST = EXPRESSION._replace(renderer='contest')
 CAPTCHA07 = EXPRESSION._replace(renderer='captcha07', fonts=(helper.CAPTCHA_FONT,))
 
@@ -479,6 +480,18 @@ def test_blank_share_draws_images_without_text_named_with_an_empty_label(tmp_pat
     blanks = [n for n in names if n.endswith('_.png')]
     assert blanks and all(label_from_filename(n) == '' for n in blanks)
     assert all(inked(helper.synth_image(spec, i)[1]).sum() < 400 for i in range(40) if not labels[i])
+
+
+def test_plain_share_draws_that_share_of_the_blank_images_in_one_colour_and_leaves_the_others_as_they_were():
+    spec = CAPTCHA07._replace(renderer='mix', blank_share=0.5)
+    plain = spec._replace(plain_share=0.5)
+    blanks = uniform = 0
+    for image_id in range(60):
+        (label, png), (plain_label, plain_png) = helper.synth_image(spec, image_id), helper.synth_image(plain, image_id)
+        one_colour = cv2.imdecode(np.frombuffer(plain_png, np.uint8), cv2.IMREAD_COLOR).std(axis=(0, 1)).max() == 0
+        assert plain_label == label and (one_colour or plain_png == png) and not (one_colour and label)
+        blanks, uniform = blanks + (label == ''), uniform + one_colour
+    assert 5 <= uniform <= blanks - 5
 
 
 def test_cli_synth_contest_renderer(tmp_path):
