@@ -335,8 +335,8 @@ def test_init_from_another_architecture_or_restore_from_an_export_is_refused(tra
 @pytest.mark.slow
 def test_learning_rate_schedule_flags_reach_the_training(dataset):
     result = run_cli('--mode=train', '--batch_size=16', '--max_steps=4', '--validation_steps=10', *SMALL_MODEL_FLAGS,
-                     *folders(dataset), '--lr_schedule=piecewise', '--lr_boundaries=2', '--decay_rate=0.5',
-                     '--warmup_steps=0')
+                     *folders(dataset), '--initial_learning_rate=0.001', '--lr_schedule=piecewise', '--lr_boundaries=2',
+                     '--decay_rate=0.5', '--warmup_steps=0')
     assert result.returncode == 0, result.stderr
     assert re.search(r'step 1 epoch [\d.]+ loss [\d.]+ lr 0\.001000 ', result.stdout)
     assert re.search(r'step 4 epoch [\d.]+ loss [\d.]+ lr 0\.000500 ', result.stdout)
