@@ -247,7 +247,8 @@ STEPS = 10 ** 12
 NUMERIC_FLAGS = [
     ('initial_learning_rate', 0, math.inf, False), ('decay_rate', 0, 1, False), ('beta1', 0, 1, True),
     ('beta2', 0, 1, True), ('momentum', 0, 1, True), ('leakiness', 0, 1, True), ('output_keep_prob', 0, 1, False),
-    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('plain_share', 0, 1, True), ('image_height', 1, 1024, True),
+    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('plain_share', 0, 1, True),
+    ('image_height', 1, 1024, True),
     ('image_width', 1, 8192, True), ('image_channel', 1, 3, True), ('cnn_count', 1, 16, True),
     ('out_channels', 1, 4096, True), ('num_hidden', 1, 4096, True), ('rnn_layers', 1, 64, True),
     ('rhn_depth', 1, 64, True), ('batch_size', 1, 16384, True), ('save_steps', 1, STEPS, True),
