@@ -1,7 +1,7 @@
 """Time to accuracy: how long a training recipe takes, from scratch, to read 99% and 99.75% of held-out images of a
 kind it never saw. A script, not a test (pytest collects only test_*.py):
 
-    python tests/time_to_accuracy.py                          # two renderers x two recipes, 20 minutes each
+    python tests/time_to_accuracy.py                          # rotated and contest x two recipes, 20 minutes each
     python tests/time_to_accuracy.py --renderers=classic --recipes=readme --minutes=5
 
 For each renderer (`helper.py --mode=synth`'s classic and contest, or `rotated`: printed characters each turned up
@@ -37,7 +37,7 @@ VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--renderers', default='classic,contest',
+    parser.add_argument('--renderers', default='rotated,contest',
                         help='comma-separated, of: %s (helper.py\'s, or tests/other_renderers.py --style=rotated)'
                         % ', '.join(RENDERERS))
     parser.add_argument('--fonts', default='/usr/share/fonts/truetype/dejavu/*.ttf',
@@ -56,13 +56,18 @@ def parse_args(argv):
                              'each training\'s log is written there too (default: a temporary folder, removed at '
                              'the end)')
     args = parser.parse_args(argv)
-    recipes = {name: RECIPES[name] for name in args.recipes.split(',') if name}
     unknown = [name for name in args.recipes.split(',') if name and name not in RECIPES]
     if unknown:
         parser.error('--recipes: unknown %s (choose from %s, or add one with --flags)' % (
             ', '.join(unknown), ', '.join(RECIPES)))
+    unknown = [name for name in args.renderers.split(',') if name not in RENDERERS]
+    if unknown:
+        parser.error('--renderers: unknown %s (choose from %s)' % (', '.join(unknown), ', '.join(RENDERERS)))
+    recipes = {name: RECIPES[name] for name in args.recipes.split(',') if name}
     for recipe in args.flags:
-        name, _, flags = recipe.partition('=')
+        name, equals, flags = recipe.partition('=')
+        if not (name and equals):
+            parser.error('--flags=%s: give a name and main.py flags, NAME=FLAGS' % recipe)
         recipes[name] = flags.split()
     args.recipes, args.renderers = recipes, args.renderers.split(',')
     return args

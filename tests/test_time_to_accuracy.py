@@ -1,0 +1,32 @@
+"""tests/time_to_accuracy.py's arithmetic and its command line (the timed runs themselves are the script's job)."""
+import pytest
+
+import time_to_accuracy
+
+
+def test_summary_finds_each_threshold_the_lowest_after_99_and_the_best():
+    validations = [(1.0, 250, 0.0), (2.5, 500, 0.991), (3.0, 750, 0.95), (4.2, 1000, 0.998), (5.0, 1250, 0.997)]
+    assert time_to_accuracy.summary(validations, 0.9965) == [
+        '2.5 min (step 500)', '4.2 min (step 1000)', '95.00%', '99.80%', '99.65%']
+
+
+def test_summary_of_a_run_that_never_reaches_99():
+    assert time_to_accuracy.summary([(1.0, 250, 0.5), (2.0, 500, 0.9)], 0.88) == [
+        'not reached', 'not reached', '-', '90.00%', '88.00%']
+
+
+def test_recipes_are_chosen_by_name_and_added_by_flags():
+    args = time_to_accuracy.parse_args(['--recipes=original', '--flags', 'fast=--batch_size=32 --augment'])
+    assert args.recipes == {'original': time_to_accuracy.RECIPES['original'],
+                            'fast': ['--batch_size=32', '--augment']}
+    assert args.renderers == ['rotated', 'contest']
+    assert '--initial_learning_rate=0.001' in args.recipes['original']
+
+
+@pytest.mark.parametrize('flag, named', [('--recipes=readme,fastest', '--recipes: unknown fastest'),
+                                          ('--renderers=rotated,cursive', '--renderers: unknown cursive'),
+                                          ('--flags=--augment', '--flags=--augment: give a name')])
+def test_an_unknown_recipe_or_renderer_is_named(flag, named, capsys):
+    with pytest.raises(SystemExit):
+        time_to_accuracy.parse_args([flag])
+    assert named in capsys.readouterr().err
