@@ -15,18 +15,21 @@ def test_summary_of_a_run_that_never_reaches_99():
         'not reached', 'not reached', '-', '90.00%', '88.00%']
 
 
-def test_recipes_are_chosen_by_name_and_added_by_flags():
-    args = time_to_accuracy.parse_args(['--recipes=original', '--flags', 'fast=--batch_size=32 --augment'])
+def test_recipes_are_chosen_by_name_and_added_by_flags(tmp_path):
+    (tmp_path / 'Sans.ttf').write_bytes(b'')  # the rotated renderer's fonts are only listed here, not opened
+    args = time_to_accuracy.parse_args(['--recipes=original', '--flags', 'fast=--batch_size=32 --augment',
+                                        '--fonts=%s/*.ttf' % tmp_path])
     assert args.recipes == {'original': time_to_accuracy.RECIPES['original'],
                             'fast': ['--batch_size=32', '--augment']}
-    assert args.renderers == ['rotated', 'contest']
+    assert args.renderers == ['rotated', 'contest'] and args.fonts == [str(tmp_path / 'Sans.ttf')]
     assert '--initial_learning_rate=0.001' in args.recipes['original']
 
 
 @pytest.mark.parametrize('flag, named', [('--recipes=readme,fastest', '--recipes: unknown fastest'),
                                           ('--renderers=rotated,cursive', '--renderers: unknown cursive'),
-                                          ('--flags=--augment', '--flags=--augment: give a name')])
-def test_an_unknown_recipe_or_renderer_is_named(flag, named, capsys):
+                                          ('--flags=--augment', '--flags=--augment: give a name'),
+                                          ('--fonts=/no/such/folder/*.ttf', '--fonts=/no/such/folder/*.ttf: no font')])
+def test_a_bad_recipe_renderer_or_font_is_named_before_anything_is_drawn(flag, named, capsys):
     with pytest.raises(SystemExit):
         time_to_accuracy.parse_args([flag])
     assert named in capsys.readouterr().err

@@ -70,6 +70,10 @@ def parse_args(argv):
             parser.error('--flags=%s: give a name and main.py flags, NAME=FLAGS' % recipe)
         recipes[name] = flags.split()
     args.recipes, args.renderers = recipes, args.renderers.split(',')
+    fonts = sorted(glob.glob(args.fonts))
+    if 'rotated' in args.renderers and not fonts:
+        parser.error('--fonts=%s: no font files there (the rotated renderer draws with them)' % args.fonts)
+    args.fonts = fonts
     return args
 
 
@@ -90,16 +94,9 @@ def draw(folder, renderer, args):
             continue
         common = ['--out_dir=%s' % out_dir, '--num_images=%d' % count, '--seed=%d' % (args.seed + offset)]
         if renderer == 'rotated':
-            run(os.path.join('tests', 'other_renderers.py'), '--style=rotated', *common, '--fonts', *font_files(args))
+            run(os.path.join('tests', 'other_renderers.py'), '--style=rotated', *common, '--fonts', *args.fonts)
         else:
             run('helper.py', '--mode=synth', '--renderer=%s' % renderer, *common)
-
-
-def font_files(args):
-    fonts = sorted(glob.glob(args.fonts))
-    if not fonts:
-        raise SystemExit('--fonts=%s: no font files there (the rotated renderer draws with them)' % args.fonts)
-    return fonts
 
 
 def train(data, work, flags, args):
