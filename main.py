@@ -506,11 +506,13 @@ def architecture_from_flags():
     return ocr.Architecture(**{name: getattr(FLAGS, name) for name in ocr.Architecture._fields})
 
 
-def resolve_architecture(saved, directory):
-    """The saved architecture where there is one (a flag given on the command line must agree), else the flags."""
+def resolve_architecture(saved, directory, changeable=()):
+    """The saved architecture where there is one (a flag given on the command line must agree, or replaces the
+    saved value for the fields in changeable), else the flags."""
     if saved is None:
         arch = architecture_from_flags()
     else:
+        saved = saved._replace(**{name: getattr(FLAGS, name) for name in changeable if FLAGS[name].present})
         conflicts = ['--%s=%r but the model in %s has %s=%r' % (
             name, getattr(FLAGS, name), directory, name, getattr(saved, name))
             for name in ocr.Architecture._fields
@@ -973,9 +975,15 @@ def training_start(folder, restarted):
     return arch, None, Model(arch, checkpoint, None, folder.built_from(saved))
 
 
+# --init_from may train the model's weights at another input size: the conv units and the RNN take any image size
+# whose conv features have the model's height (its time steps follow the width).
+INPUT_SIZE_FIELDS = ('image_height', 'image_width', 'max_stepsize')
+
+
 def init_model(directory):
     """Architecture and checkpoint of the model folder --init_from names (its best validated model, else its
-    latest checkpoint); a folder's best/ finds the architecture in the folder above."""
+    latest checkpoint); a folder's best/ finds the architecture in the folder above. --image_height, --image_width
+    and --max_stepsize may differ from the model's when its RNN can take the new conv features."""
     if not os.path.isdir(directory):
         raise UserError('--init_from=%s: no such folder' % directory)
     folder = ModelFolder(directory)
@@ -986,7 +994,13 @@ def init_model(directory):
     if saved is None:
         raise UserError('--init_from=%s has no %s: its architecture is unknown' % (directory,
                                                                                   ModelFolder.ARCHITECTURE))
-    return resolve_architecture(saved, directory), checkpoint
+    arch = resolve_architecture(saved, directory, INPUT_SIZE_FIELDS)
+    height, saved_height = ocr.feature_shape(arch)[1], ocr.feature_shape(saved)[1]
+    if height != saved_height:
+        raise UserError('--init_from=%s: --image_height=%d gives conv features %d high, the model\'s %d-pixel images '
+                        'gave %d: its RNN cannot take them (choose a height that gives %d)' % (
+                            directory, arch.image_height, height, saved.image_height, saved_height, saved_height))
+    return arch, checkpoint
 
 
 def initialise_from(session, checkpoint):

@@ -319,6 +319,25 @@ def test_init_from_an_export_starts_a_new_training_from_its_weights(trained):
 
 
 @pytest.mark.slow
+def test_init_from_trains_the_weights_at_another_input_size_that_keeps_the_feature_height(trained):
+    tmp_path, _ = trained
+    start = ['--mode=train', '--init_from=%s' % (tmp_path / 'export'), '--batch_size=16', '--max_steps=1',
+             *folders(tmp_path)[:2], '--checkpoint_dir=%s' % (tmp_path / 'wider'), '--log_dir=%s' % (tmp_path / 'log2')]
+    result = run_cli(*start, '--image_height=48')           # conv features 6 high, where the model's were 4
+    assert result.returncode == 2 and '--image_height=48 gives conv features 6 high' in result.stderr
+    assert 'Traceback' not in result.stderr and not (tmp_path / 'wider').exists()
+    result = run_cli(*start, '--image_height=28', '--image_width=128')
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / 'export' / 'architecture.json').read_text())
+    wider = json.loads((tmp_path / 'wider' / 'architecture.json').read_text())
+    assert wider == dict(saved, image_height=28, image_width=128)
+    result = run_cli('--mode=infer', '--checkpoint_dir=%s' % (tmp_path / 'wider'), *folders(tmp_path)[2:3],
+                     '--infer_output=%s' % (tmp_path / 'wider.txt'))
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / 'wider.txt').read_text().splitlines()) == len(os.listdir(tmp_path / 'infer'))
+
+
+@pytest.mark.slow
 def test_init_from_another_architecture_or_restore_from_an_export_is_refused(trained):
     tmp_path, _ = trained
     start = ['--mode=train', '--max_steps=1', *folders(tmp_path)[:2], '--log_dir=%s' % (tmp_path / 'log2')]
