@@ -325,6 +325,7 @@ def test_init_from_trains_the_weights_at_another_input_size_that_keeps_the_featu
              *folders(tmp_path)[:2], '--checkpoint_dir=%s' % (tmp_path / 'wider'), '--log_dir=%s' % (tmp_path / 'log2')]
     result = run_cli(*start, '--image_height=48')           # conv features 6 high, where the model's were 4
     assert result.returncode == 2 and '--image_height=48 gives conv features 6 high' in result.stderr
+    assert 'choose a height from 25 to 32' in result.stderr  # 3 units halving 32 pixels to 4
     assert 'Traceback' not in result.stderr and not (tmp_path / 'wider').exists()
     result = run_cli(*start, '--image_height=28', '--image_width=128')
     assert result.returncode == 0, result.stderr
