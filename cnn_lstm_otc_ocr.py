@@ -49,6 +49,12 @@ def feature_shape(arch):
     return width, height, conv_units(arch)[-1][1]
 
 
+def image_heights(arch, feature_height):
+    """(lowest, highest) image height whose conv features are feature_height high: each unit's pool divides it."""
+    scale = math.prod(pool_height for _, _, pool_height, _ in conv_units(arch))
+    return (feature_height - 1) * scale + 1, feature_height * scale
+
+
 def time_steps(arch):
     """Number of RNN time steps (CTC's sequence length) for every image of this architecture."""
     return feature_shape(arch)[0]

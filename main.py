@@ -997,11 +997,10 @@ def init_model(directory):
     arch = resolve_architecture(saved, directory, INPUT_SIZE_FIELDS)
     height, saved_height = ocr.feature_shape(arch)[1], ocr.feature_shape(saved)[1]
     if height != saved_height:
-        scale = 2 ** arch.cnn_count  # every conv unit halves the height
         raise UserError('--init_from=%s: --image_height=%d gives conv features %d high, the model\'s %d-pixel images '
                         'gave %d: its RNN cannot take them (choose a height from %d to %d)' % (
                             directory, arch.image_height, height, saved.image_height, saved_height,
-                            (saved_height - 1) * scale + 1, saved_height * scale))
+                            *ocr.image_heights(arch, saved_height)))
     return arch, checkpoint
 
 

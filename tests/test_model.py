@@ -30,6 +30,16 @@ def test_conv_table_filters_and_feature_shape():
     assert ocr.feature_shape(ORIGINAL) == (12, 4, 64)  # 60 -> 30 -> 15 -> 8 -> 4 rows of 64 channels
 
 
+@pytest.mark.parametrize('cnn_count, feature_height, heights', [(4, 3, (33, 48)), (4, 4, (49, 64)), (3, 4, (25, 32))])
+def test_image_heights_are_exactly_those_whose_conv_features_have_that_height(cnn_count, feature_height, heights):
+    arch = ORIGINAL._replace(cnn_count=cnn_count)
+    assert ocr.image_heights(arch, feature_height) == heights
+    feature_heights = {height: ocr.feature_shape(arch._replace(image_height=height))[1] for height in range(1, 80)}
+    lowest, highest = heights
+    assert [height for height, rows in feature_heights.items() if rows == feature_height] == list(
+        range(lowest, highest + 1))
+
+
 def build(arch, mode):
     images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
     label_ids = v1.placeholder(tf.int32, [None, None])
