@@ -982,12 +982,13 @@ INPUT_SIZE_FIELDS = ('image_height', 'image_width', 'max_stepsize')
 
 def init_model(directory):
     """Architecture and checkpoint of the model folder --init_from names (its best validated model, else its
-    latest checkpoint); a folder's best/ finds the architecture in the folder above. --image_height, --image_width
-    and --max_stepsize may differ from the model's when its RNN can take the new conv features."""
+    latest checkpoint; with --checkpoint=latest its newest); a folder's best/ finds the architecture in the folder
+    above. --image_height, --image_width and --max_stepsize may differ from the model's when its RNN can take the new
+    conv features."""
     if not os.path.isdir(directory):
         raise UserError('--init_from=%s: no such folder' % directory)
     folder = ModelFolder(directory)
-    checkpoint = folder.best()[0] or folder.latest()
+    checkpoint = folder.newest()[0] if FLAGS.checkpoint == 'latest' else folder.best()[0] or folder.latest()
     if checkpoint is None:
         raise UserError('--init_from=%s holds no model checkpoint' % directory)
     saved = folder.architecture() or ModelFolder(os.path.dirname(os.path.normpath(directory))).architecture()

@@ -137,7 +137,8 @@ flags.DEFINE_enum('precision', 'fp32', ['fp32', 'bf16', 'fp16'],
 
 # Reading (val, infer, export).
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
-                  'val and infer: the best validated model (the latest when none was validated yet) or the latest')
+                  'val, infer, export and --init_from: the best validated model (the latest when none was '
+                  'validated yet) or the latest')
 flags.DEFINE_enum('decoder', 'beam', list(ocr.DECODERS), 'CTC decoder for val and infer')
 flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
 

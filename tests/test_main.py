@@ -319,6 +319,25 @@ def test_init_from_an_export_starts_a_new_training_from_its_weights(trained):
 
 
 @pytest.mark.slow
+def test_init_from_takes_the_best_model_or_with_checkpoint_latest_the_newest(trained):
+    tmp_path, _ = trained
+    checkpoint = tmp_path / 'checkpoint'
+    for name in os.listdir(checkpoint / 'best'):
+        if name.startswith('ocr-model-'):
+            os.remove(checkpoint / 'best' / name)
+    for name in os.listdir(checkpoint):                       # best: step 3; newest: the rolling step 4
+        if name.startswith('ocr-model-3.'):
+            shutil.copy(checkpoint / name, checkpoint / 'best' / name)
+    (checkpoint / 'best' / 'best.json').write_text(json.dumps({'step': 3, 'accuracy': 0.5, 'cer': 0.5}))
+    for which, expected in (('best', checkpoint / 'best' / 'ocr-model-3'), ('latest', checkpoint / 'ocr-model-4')):
+        result = run_cli('--mode=train', '--init_from=%s' % checkpoint, '--checkpoint=%s' % which, '--max_steps=1',
+                         '--batch_size=16', *folders(tmp_path)[:2], '--checkpoint_dir=%s' % (tmp_path / which),
+                         '--log_dir=%s' % (tmp_path / 'log2'))
+        assert result.returncode == 0, result.stderr
+        assert 'initialised the model from %s (step 0' % expected in result.stdout, which
+
+
+@pytest.mark.slow
 def test_init_from_trains_the_weights_at_another_input_size_that_keeps_the_feature_height(trained):
     tmp_path, _ = trained
     start = ['--mode=train', '--init_from=%s' % (tmp_path / 'export'), '--batch_size=16', '--max_steps=1',
