@@ -345,17 +345,20 @@ class ModelFolder:
                 removed.append(os.path.join(self.BEST, name))
         return removed
 
+    def chosen(self, which):
+        """The checkpoint --checkpoint chooses and its record: the best validated one (`best`; the newest when none
+        was validated) or the newest (`latest`); (None, None) when there is none."""
+        best, record = self.best()
+        return (best, record) if which == 'best' and best else self.newest()
+
     def model(self, which):
         """The Model that --checkpoint chooses (`best`, or `latest`); no model here is a UserError."""
-        best, record = self.best()
-        if which == 'best' and best:
+        if which == 'best' and FLAGS['checkpoint'].present and not self.best()[0]:
+            raise UserError('--checkpoint=best: no validated model in %s' % self.best_dir)
+        checkpoint, record = self.chosen(which)
+        if which == 'best' and record:
             log.info('using the best validated model: step %d, accuracy %.4f, CER %.4f',
                      record['step'], record['accuracy'], record['cer'])
-            checkpoint = best
-        elif which == 'best' and FLAGS['checkpoint'].present:
-            raise UserError('--checkpoint=best: no validated model in %s' % self.best_dir)
-        else:
-            checkpoint, record = self.newest()
         if checkpoint is None:
             raise UserError('no checkpoint in --checkpoint_dir=%s: train a model first (--mode=train) '
                             'or point --checkpoint_dir at one' % self.directory)
@@ -981,14 +984,13 @@ INPUT_SIZE_FIELDS = ('image_height', 'image_width', 'max_stepsize')
 
 
 def init_model(directory):
-    """Architecture and checkpoint of the model folder --init_from names (its best validated model, else its
-    latest checkpoint; with --checkpoint=latest its newest); a folder's best/ finds the architecture in the folder
-    above. --image_height, --image_width and --max_stepsize may differ from the model's when its RNN can take the new
+    """Architecture and checkpoint of the model folder --init_from names (the one --checkpoint chooses); a folder's
+    best/ finds the architecture in the folder above. --image_height, --image_width and --max_stepsize may differ from the model's when its RNN can take the new
     conv features."""
     if not os.path.isdir(directory):
         raise UserError('--init_from=%s: no such folder' % directory)
     folder = ModelFolder(directory)
-    checkpoint = folder.newest()[0] if FLAGS.checkpoint == 'latest' else folder.best()[0] or folder.latest()
+    checkpoint = folder.chosen(FLAGS.checkpoint)[0]
     if checkpoint is None:
         raise UserError('--init_from=%s holds no model checkpoint' % directory)
     saved = folder.architecture() or ModelFolder(os.path.dirname(os.path.normpath(directory))).architecture()
