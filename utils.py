@@ -1037,12 +1037,13 @@ def augment_images(images):
     blurred = tf.nn.depthwise_conv2d(pixels, tf.tile(kernel, [1, 1, channels, 1]), [1, 1, 1, 1], 'SAME')
     blur = per_image(batch_size, 0.3, 1.0, 0.3)[:, None, None, None]
     pixels += blur * (blurred - pixels)
-    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
-    contrast = per_image(batch_size, 0.4, 1.2, 0.5, neutral=1.0)[:, None, None, None]
     brightness = per_image(batch_size, -0.15, 0.15, 0.5)[:, None, None, None]
     gain = tf.where(tf.random.uniform([batch_size, 1, 1, 1]) < 0.5,
                     tf.random.uniform([batch_size, 1, 1, channels], 0.8, 1.2), 1.0)       # colour (grey: level)
-    pixels = (mean + (pixels - mean) * contrast + brightness) * gain
+    pixels = tf.clip_by_value((pixels + brightness) * gain, 0, 1)
+    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+    contrast = per_image(batch_size, 0.15, 1.2, 0.5, neutral=1.0)[:, None, None, None]   # down to faint text
+    pixels = mean + (pixels - mean) * contrast                             # after the clip: fading keeps the text
     noise = per_image(batch_size, 0.01, 0.06, 0.3)[:, None, None, None]
     pixels += noise * tf.random.normal(tf.shape(pixels))
     augmented = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 1) * 255), tf.uint8)

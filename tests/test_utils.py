@@ -176,6 +176,17 @@ def test_augmentation_changes_images_but_keeps_shape_type_and_labels(tmp_path):
     assert (augmented['images'].reshape(32, -1).std(axis=1) > 3).all()
 
 
+def test_augmentation_fades_some_text_to_faint_but_never_to_nothing():
+    text = np.full((32, 96, 1), 255, np.uint8)
+    cv2.putText(text, '1234', (3, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 0, 2)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        tf.compat.v1.set_random_seed(0)
+        augmented = session.run(utils.augment_images(tf.constant(np.repeat(text[None], 1000, axis=0))))
+    contrast = augmented.reshape(1000, -1).std(axis=1) / text.std()
+    assert (contrast < 0.2).sum() >= 10  # faint text, as a pale or faded print shows it
+    assert contrast.min() > 0.05
+
+
 def test_warp_without_changes_is_the_identity():
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         with mock.patch.object(utils, 'per_image', lambda size, low, high, share, neutral=0.0:
