@@ -19,7 +19,7 @@ v1 = tf.compat.v1
 SHIPPED = os.path.join(REPO, 'imgs', 'model')
 # imgs/model/README.md, "How well it reads", measured 99% on imgs/infer/ (100 images) and 96% on
 # tests/data/other_renderers/ (100): the bounds leave room for other CPUs' arithmetic, not for a worse model.
-BUNDLED_ACCURACY = 0.99
+BUNDLED_ACCURACY = 0.98
 OTHER_RENDERERS_ACCURACY = 0.92
 
 
