@@ -1,20 +1,26 @@
-"""The recogniser's graph: images -> convnet -> stacked RNN -> per-time-step logits -> CTC loss / decoder.
+"""Everything TensorFlow: the recogniser's graph, the input pipeline that feeds it, its export formats and the
+runtime of a training cluster.
 
-A uint8 image batch [batch, height, width, channels] goes through `cnn_count` conv units (the CONV_UNITS
-table), whose feature columns become a sequence of `time_steps` vectors for the RNN layers; a dense layer
-gives logits over the charset plus the CTC blank (the last class). Nothing here reads files or flags.
+The graph: images -> convnet -> stacked RNN -> per-time-step logits -> CTC loss / decoder. A uint8 image batch
+[batch, height, width, channels] goes through `cnn_count` conv units (the CONV_UNITS table), whose feature columns
+become a sequence of `time_steps` vectors for the RNN layers; a dense layer gives logits over the charset plus the
+CTC blank (the last class). Nothing here reads flags or the user's files: utils.LabelledImages hands the pipeline
+images by number.
 """
 import collections
+import contextlib
+import json
 import math
+import os
+import socket
+import threading
+import time
 
 import tensorflow as tf
 
-v1 = tf.compat.v1
+from utils import UserError, log
 
-# The model's shape, as saved beside its checkpoint.
-Architecture = collections.namedtuple('Architecture', [
-    'image_height', 'image_width', 'image_channel', 'charset', 'cnn_count', 'out_channels', 'num_hidden',
-    'leakiness', 'max_stepsize', 'rnn_cell', 'rnn_layers', 'bidirectional', 'rhn_depth'])
+v1 = tf.compat.v1
 
 # The conv net, one row per unit: conv 3x3 of `filters` -> batch norm -> leaky ReLU -> max-pool SAME, 2x2, or 2x1
 # (the height only) once halving the width again would leave fewer than max_stepsize time steps. A model uses the
@@ -391,10 +397,10 @@ def unroll(cell, inputs):
 
 # --- the model ---------------------------------------------------------------
 
-DECODERS = ('beam', 'greedy')  # LSTMOCR.decode's, --decoder
+DECODERS = ('beam', 'greedy')  # Recogniser.decode's, --decoder
 
 
-class LSTMOCR:
+class Recogniser:
     """The recogniser in one mode: 'train' (batch statistics, dropout), 'val' or 'infer'.
 
     Build it inside a variable scope with reuse to share weights between a training and an evaluation graph.
@@ -622,9 +628,9 @@ Hyperparameters = collections.namedtuple('Hyperparameters', [
 
 def reading_graph(arch, images, decoder='beam', beam_width=10, mode='infer'):
     """uint8 images [b, h, w, c] -> class ids of each image's reading [b, max_len], padded with -1, and the
-    reading's confidence [b] (LSTMOCR.decode)."""
+    reading's confidence [b] (Recogniser.decode)."""
     with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
-        model = LSTMOCR(mode, arch)
+        model = Recogniser(mode, arch)
         return model.decode(model.logits(images), decoder, beam_width)
 
 
@@ -633,7 +639,7 @@ def portable_reading_graph(arch, images):
     each reading [b, time_steps], padded with -1, and its confidence [b], from an unrolled RNN and
     greedy_reading."""
     with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
-        return greedy_reading(LSTMOCR('infer', arch, unrolled=True).logits(images))
+        return greedy_reading(Recogniser('infer', arch, unrolled=True).logits(images))
 
 
 def reading_text(charset, ids):
@@ -658,7 +664,7 @@ def towers(arch, batch, opt, keep_prob, devices, variable_device):
         with v1.device(tower_placement(device, variable_device)), \
                 v1.variable_scope(v1.get_variable_scope(), reuse=index > 0, auxiliary_name_scope=False), \
                 v1.name_scope('tower_%d' % index):
-            model = LSTMOCR('train', arch, keep_prob)
+            model = Recogniser('train', arch, keep_prob)
             tower_losses.append(model.losses(model.logits(shard['images']), shard['label_ids']))     # [shard]
             gradients.append(tower_gradients(opt, tower_losses[-1], tf.shape(batch['images'])[0]))
         if index == 0:
@@ -702,6 +708,173 @@ def training_graph(arch, batch, hparams, global_step, devices, variable_device=N
             'step': next_step}, opt
 
 
+# --- input: image files and served image bytes -------------------------------
+
+def image_dataset(images, batch_size, shuffle=False, seed=0, repeat=1, keep_unreadable=False, augment=False):
+    """A streaming pipeline of batches {images uint8 [b, h, w, c], labels [b], label_ids [b, n], paths [b], ok [b]}
+    from a utils.LabelledImages (the files it reads, by number).
+
+    The graph holds image numbers (shuffled as the names themselves would be), never the names, which TensorFlow
+    would copy at every graph optimisation and checkpoint; a batch of numbers is read in one Python call, batches
+    in parallel. Unreadable images are dropped unless keep_unreadable, when they come as zeros with ok False. The
+    last batch is kept even when partial. With augment, every batch goes through augment_images (training only).
+    """
+    def read(indices):
+        outputs = tf.numpy_function(images.read, [indices], [tf.uint8, tf.bool, tf.string, tf.string, tf.int32],
+                                    stateful=False)
+        shapes = [[None, *images.shape], [None], [None], [None], [None, images.label_ids.shape[1]]]
+        for tensor, tensor_shape in zip(outputs, shapes):
+            tensor.set_shape(tensor_shape)
+        return dict(zip(['images', 'ok', 'paths', 'labels', 'label_ids'], outputs))
+
+    dataset = tf.data.Dataset.range(len(images.paths))
+    if shuffle:
+        dataset = dataset.shuffle(len(images.paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat(repeat).batch(batch_size)
+    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    if not keep_unreadable:
+        dataset = dataset.filter(lambda image: image['ok'])
+    dataset = dataset.batch(batch_size)
+    if augment:
+        dataset = dataset.map(lambda batch: dict(batch, images=augment_images(batch['images'])),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# --- augmentation ------------------------------------------------------------
+# Each change is drawn per image and left out for a random share of them; AUGMENTED_SHARE of the images are
+# changed at all, so that the model also keeps seeing images as they are.
+
+AUGMENTED_SHARE = 0.8
+
+def per_image(batch_size, low, high, share, neutral=0.0):
+    """[batch_size] values uniform in [low, high); a random (1 - share) of them `neutral` (no change)."""
+    values = tf.random.uniform([batch_size], low, high)
+    return tf.where(tf.random.uniform([batch_size]) < share, values, neutral)
+
+
+def warp_transforms(batch_size, height, width):
+    """[batch_size, 8] projective maps (output pixel -> input pixel, ImageProjectiveTransformV3's form) of a random
+    rotation, shear, scale, shift and perspective about the image centre."""
+    angle = per_image(batch_size, -0.1, 0.1, 0.7)                        # radians, about 6 degrees either way
+    shear = per_image(batch_size, -0.3, 0.3, 0.5)
+    scale_x = per_image(batch_size, 0.8, 1.05, 0.6, neutral=1.0)
+    scale_y = per_image(batch_size, 0.8, 1.05, 0.6, neutral=1.0)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    shift_x = centre_x + per_image(batch_size, -0.03, 0.03, 0.5) * width
+    shift_y = centre_y + per_image(batch_size, -0.06, 0.06, 0.5) * height
+    tilt_x = per_image(batch_size, -0.3, 0.3, 0.3) / width               # perspective: up to 30% across the image
+    tilt_y = per_image(batch_size, -0.3, 0.3, 0.3) / height
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # centred coordinates (u, v) -> input: (m00 u + m01 v, m10 u + m11 v) / (1 + tilt_x u + tilt_y v) + shift
+    m00, m01 = cos / scale_x, (cos * shear - sin) / scale_y
+    m10, m11 = sin / scale_x, (sin * shear + cos) / scale_y
+    norm = 1 - tilt_x * centre_x - tilt_y * centre_y                       # the same map in uncentred pixels
+    return tf.stack([(m00 + shift_x * tilt_x) / norm, (m01 + shift_x * tilt_y) / norm,
+                     (shift_x * norm - m00 * centre_x - m01 * centre_y) / norm,
+                     (m10 + shift_y * tilt_x) / norm, (m11 + shift_y * tilt_y) / norm,
+                     (shift_y * norm - m10 * centre_x - m11 * centre_y) / norm,
+                     tilt_x / norm, tilt_y / norm], axis=1)                # [b, 8]
+
+
+def choose(condition, changed, unchanged):
+    """Per image [b] of a batch of images [b, h, w, c]: changed where condition, else unchanged."""
+    return tf.where(condition[:, None, None, None], changed, unchanged)
+
+
+def augment_images(images):
+    """uint8 images [b, h, w, c] -> uint8 [b, h, w, c], each randomly changed as text images of other sources
+    differ: thicker or thinner strokes, a projective warp (rotation, shear, scale, shift, perspective; edges
+    extended), blur, contrast, brightness and colour, pixel noise."""
+    batch_size, height, width, channels = tf.shape(images)[0], images.shape[1], images.shape[2], images.shape[3]
+    pixels = tf.cast(images, tf.float32) / 255                                          # [b, h, w, c]
+    stroke = tf.random.uniform([batch_size])
+    darker = -tf.nn.max_pool2d(-pixels, 2, 1, 'SAME')                                   # dark strokes thicker
+    lighter = tf.nn.max_pool2d(pixels, 2, 1, 'SAME')                                    # light strokes thicker
+    pixels = choose(stroke < 0.2, darker, choose(stroke > 0.8, lighter, pixels))
+    pixels = tf.raw_ops.ImageProjectiveTransformV3(
+        images=pixels, transforms=warp_transforms(batch_size, height, width), output_shape=[height, width],
+        fill_value=0.0, interpolation='BILINEAR', fill_mode='NEAREST')
+    kernel = (tf.constant([1, 2, 1], tf.float32)[:, None] * [1, 2, 1] / 16)[..., None, None]          # [3, 3, 1, 1]
+    blurred = tf.nn.depthwise_conv2d(pixels, tf.tile(kernel, [1, 1, channels, 1]), [1, 1, 1, 1], 'SAME')
+    blur = per_image(batch_size, 0.3, 1.0, 0.3)[:, None, None, None]
+    pixels += blur * (blurred - pixels)
+    brightness = per_image(batch_size, -0.15, 0.15, 0.5)[:, None, None, None]
+    gain = tf.where(tf.random.uniform([batch_size, 1, 1, 1]) < 0.5,
+                    tf.random.uniform([batch_size, 1, 1, channels], 0.8, 1.2), 1.0)       # colour (grey: level)
+    pixels = tf.clip_by_value((pixels + brightness) * gain, 0, 1)
+    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+    contrast = per_image(batch_size, 0.15, 1.2, 0.5, neutral=1.0)[:, None, None, None]   # down to faint text
+    pixels = mean + (pixels - mean) * contrast                             # after the clip: fading keeps the text
+    noise = per_image(batch_size, 0.01, 0.06, 0.3)[:, None, None, None]
+    pixels += noise * tf.random.normal(tf.shape(pixels))
+    augmented = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 1) * 255), tf.uint8)
+    return choose(tf.random.uniform([batch_size]) < AUGMENTED_SHARE, augmented, images)
+
+
+def decode_image_bytes(encoded, height, width, channels, max_pixels):
+    """One encoded image (string scalar: PNG, JPEG, BMP, GIF's first frame) -> uint8 [height, width, channels],
+    utils.read_image in TensorFlow ops for a served model: more than max_pixels is an error before decoding;
+    transparency over a paper that contrasts with the opaque pixels, grey by the same weights as OpenCV, area
+    resizing to shrink and bilinear to enlarge."""
+    def with_alpha(rgb):                                                                      # [h, w, 3] -> [h, w, 4]
+        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], 2)
+
+    gif = tf.equal(tf.strings.substr(encoded, 0, 3), 'GIF')
+    with tf.control_dependencies([tf.debugging.assert_less_equal(
+            header_pixels(encoded, gif), tf.constant(max_pixels, tf.int64), message='image too large')]):
+        rgba = tf.case([(tf.io.is_jpeg(encoded), lambda: with_alpha(tf.io.decode_jpeg(encoded, channels=3))),
+                        (gif, lambda: with_alpha(tf.io.decode_gif(encoded)[0]))],
+                       default=lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False))  # [h, w, 4]
+    colour, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32) / 255
+    opaque = alpha[..., 0] > 0.5
+    ink = tf.reduce_mean(tf.boolean_mask(colour, opaque))
+    paper = tf.where(tf.logical_or(tf.logical_not(tf.reduce_any(opaque)), ink < 128), 255.0, 0.0)
+    image = colour * alpha + paper * (1 - alpha)                                            # [h, w, 3] RGB
+    if channels == 1:
+        image = tf.reduce_sum(image * [0.299, 0.587, 0.114], axis=2, keepdims=True)         # [h, w, 1]
+    else:
+        image = image[..., ::-1]                                                            # BGR, as OpenCV
+    image = tf.round(image)
+    shrink = tf.logical_or(tf.shape(image)[0] > height, tf.shape(image)[1] > width)
+    image = tf.cond(shrink, lambda: tf.image.resize(image, [height, width], method='area'),
+                    lambda: tf.image.resize(image, [height, width], method='bilinear'))
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def header_pixels(encoded, gif):
+    """The pixel count in an encoded image's header (JPEG, GIF, PNG or BMP), read without decoding it."""
+    def number(offset, size, big_endian):
+        data = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, offset, size), tf.uint8), tf.int64)
+        weights = [256 ** i for i in (reversed(range(size)) if big_endian else range(size))]
+        return tf.reduce_sum(data * tf.constant(weights, tf.int64))
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))
+
+    png = tf.equal(tf.strings.substr(encoded, 0, 4), b'\x89PNG')
+    bmp_height = number(22, 4, False)
+    return tf.case([(tf.io.is_jpeg(encoded), jpeg),
+                    (gif, lambda: number(6, 2, False) * number(8, 2, False)),
+                    (png, lambda: number(16, 4, True) * number(20, 4, True))],
+                   default=lambda: number(18, 4, False) * tf.minimum(bmp_height, 2 ** 32 - bmp_height))
+
+
+def decode_image_batch(image_bytes, height, width, channels, max_pixels):
+    """Encoded images [n] -> (images [k, h, w, c] of the k that decode, then one blank image; where [n], each
+    image's row in images, -1 for one that does not decode): a bad image among good ones does not fail the
+    batch."""
+    count = tf.size(image_bytes, out_type=tf.int64)
+    decoded = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes)).map(
+        lambda index, encoded: (index, decode_image_bytes(encoded, height, width, channels, max_pixels))
+    ).ignore_errors()
+    blank = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.zeros([height, width, channels], tf.uint8)))
+    indices, images = decoded.concatenate(blank).batch(count + 1).get_single_element()      # [k + 1], [k + 1, ...]
+    rows = tf.range(tf.size(indices, out_type=tf.int64) - 1)
+    where = tf.scatter_nd(indices[:-1, None], rows + 1, [count]) - 1                          # [n]
+    return images, where
+
+
 # --- replication -------------------------------------------------------------
 # Between-graph replication on TensorFlow's gRPC runtime: every worker task builds the training graph under
 # replica_device_setter, which puts the variables on the parameter-server (ps) tasks and every other op on the
@@ -737,3 +910,242 @@ def workers_done_queue(replicas):
     """The queue, on ps task 0, that every worker but the chief puts its replica index in when it has finished."""
     with tf.device('/job:ps/task:0'):
         return tf.queue.FIFOQueue(replicas, tf.int32, shapes=[[]], shared_name='workers_done', name='workers_done')
+
+
+# --- a cluster's runtime: servers, waits, replication ---------------------------
+# A task (utils.ClusterTask) joins its cluster through its server; a worker builds the training graph under
+# replica_devices and keeps in step with the others through Replication. A wait that TensorFlow leaves without a
+# deadline is bounded by a watchdog that calls `silent(doing, seconds)`, which ends the process.
+
+def start_server(task, config):
+    """This task's gRPC server; a port already in use here is a UserError (gRPC would share it silently)."""
+    port = int(task.address.rpartition(':')[2])
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(('', port))
+        except OSError as error:
+            raise UserError('%s: port %d is in use on this machine (%s)' % (task, port, error.strerror))
+    try:
+        return tf.distribute.Server(tf.train.ClusterSpec(task.cluster), job_name=task.job, task_index=task.index,
+                                    config=config)
+    except tf.errors.OpError as error:
+        raise UserError('%s: cannot start its server: %s' % (task, error.message))
+
+
+def wait_for_ps_tasks(task, timeout):
+    """Waits up to timeout seconds for every ps task to accept connections; a UserError names the first that does
+    not."""
+    deadline = time.time() + timeout
+    for index, address in enumerate(task.cluster['ps']):
+        host, _, port = address.rpartition(':')
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                break
+            except OSError as error:
+                if time.time() > deadline:
+                    raise UserError('%s: ps task %d at %s cannot be reached after --cluster_timeout=%d s (%s): is it '
+                                    'started, and is its address right?' % (task, index, address, timeout, error))
+                time.sleep(0.5)
+
+
+def serve_variables(task, config):
+    """A ps task: serves its share of the variables until the chief ends the training, then returns."""
+    server = start_server(task, config)
+    log.info('%s: serving variables until the chief ends the training', task)
+    with tf.Graph().as_default():
+        exit_signal = ps_exit_queue(task.index).dequeue()
+        with v1.Session(server.target, config=config) as session:
+            session.run(exit_signal)
+    log.info('%s: the chief has ended the training', task)
+
+
+@contextlib.contextmanager
+def watchdog(seconds, silent, doing):
+    """Bounds a wait that TensorFlow's runtime leaves without a deadline (a session's creation waits forever for a
+    frozen task, or for an address that is no TensorFlow server): after `seconds`, silent(doing, seconds)."""
+    timer = threading.Timer(seconds, silent, (doing, seconds))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+class Replication:
+    """A worker task's membership of its cluster: its server, and the ops by which the tasks keep in step, built in
+    its training graph. The chief publishes the architecture and, with sync, hands out the SyncReplicasOptimizer's
+    step tokens; at the end it tells the workers, waits for them, and lets the ps tasks exit."""
+
+    def __init__(self, task, config, timeout, sync, silent):
+        self.task, self.config, self.timeout, self.sync, self.silent = task, config, timeout, sync, silent
+        self.server = start_server(task, config)
+        wait_for_ps_tasks(task, timeout)
+        log.info('%s: %d ps task(s), %d workers, %s training', task, len(task.cluster['ps']), task.replicas,
+                 'synchronous' if sync else 'asynchronous')
+
+    def placement(self):
+        """Variables on the ps tasks, every other op on this task."""
+        return v1.device(self.devices())
+
+    def devices(self):
+        return replica_devices(self.task.cluster, self.task.device)
+
+    def architecture_from_chief(self):
+        """The architecture (JSON fields) the chief trains, once it has initialised the model (waiting timeout)."""
+        with tf.Graph().as_default(), watchdog(2 * self.timeout, self.silent, 'waiting for the chief'):
+            architecture, _ = cluster_variables()
+            uninitialised = v1.report_uninitialized_variables([architecture])
+            with v1.Session(self.server.target, config=self.config) as session:
+                deadline = time.time() + self.timeout
+                while session.run(uninitialised).size:
+                    if time.time() > deadline:
+                        raise UserError('%s: the chief has not initialised the model after --cluster_timeout=%d s: '
+                                        'is it started?' % (self.task, self.timeout))
+                    time.sleep(0.5)
+                return json.loads(session.run(architecture))
+
+    def build(self, opt):
+        """The replication ops, once the training graph (and its optimiser opt) is built."""
+        self.architecture, self.finished = cluster_variables()
+        ready = v1.report_uninitialized_variables(v1.global_variables() + [self.architecture, self.finished])
+        local_init = ready_for_local_init = None
+        if self.sync:
+            local_init = opt.chief_init_op if self.task.is_chief else opt.local_step_init_op
+            ready_for_local_init = opt.ready_for_local_init_op  # the model's variables initialised
+            self.first_tokens = opt.get_init_tokens_op()
+            self.wake_workers = opt.get_init_tokens_op(self.task.replicas)
+            self.token_runner = opt.get_chief_queue_runner()
+        self.manager = v1.train.SessionManager(local_init_op=local_init, ready_op=ready,
+                                               ready_for_local_init_op=ready_for_local_init, recovery_wait_secs=1)
+        self.published = tf.constant('')
+        self.publish = [self.finished.initializer, self.architecture.assign(self.published)]
+        self.finish = self.finished.assign(True)
+        done = workers_done_queue(self.task.replicas)
+        self.report_done, self.take_done = done.enqueue(self.task.replica_index), done.dequeue()
+        self.ps_exits = [ps_exit_queue(index).enqueue(0) for index in range(len(self.task.cluster['ps']))]
+        self.coordinator = v1.train.Coordinator()
+
+    @contextlib.contextmanager
+    def chief_session(self, start, architecture_json):
+        """The chief's session: start(session) initialises or restores the model, then the workers get its
+        architecture and, with sync, the first step tokens."""
+        def start_and_publish(session):
+            start(session)
+            session.run(self.publish, {self.published: architecture_json})
+
+        with watchdog(2 * self.timeout, self.silent, 'starting its session'):
+            session = self.manager.prepare_session(self.server.target, init_fn=start_and_publish, config=self.config)
+        if self.sync:
+            session.run(self.first_tokens)
+            self.token_runner.create_threads(session, coord=self.coordinator, daemon=True, start=True)
+        yield session  # after an error, no close: a task that is gone would hold it up (the process ends)
+        self.coordinator.request_stop()
+        session.close()
+
+    @contextlib.contextmanager
+    def worker_session(self):
+        """A worker's session, once the chief has initialised the model (waiting timeout); at its end the worker
+        tells the chief it has stopped."""
+        try:
+            with watchdog(2 * self.timeout, self.silent, 'waiting for its session'):
+                session = self.manager.wait_for_session(self.server.target, config=self.config,
+                                                        max_wait_secs=self.timeout)
+        except tf.errors.DeadlineExceededError:
+            raise UserError('%s: the chief has not initialised the model after --cluster_timeout=%d s' % (
+                self.task, self.timeout))
+        yield session
+        session.run(self.report_done)
+        session.close()  # only now: after an error, a task that is gone would hold it up (the process ends)
+
+    def chief_ended(self, session):
+        """Whether the chief has ended the training (always False on the chief, which ends it)."""
+        return not self.task.is_chief and session.run(self.finished)
+
+    def end(self, session):
+        """The chief's last act: tells the workers training has ended, waits (timeout) for them to say they have
+        stopped, then lets the ps tasks exit."""
+        session.run(self.finish)
+        if self.sync:
+            session.run(self.wake_workers)  # a worker waiting for a step token gets one, and sees the end
+        deadline = time.time() + self.timeout
+        for _ in range(self.task.replicas - 1):
+            try:
+                timeout = max(1, int(1000 * (deadline - time.time())))
+                session.run(self.take_done, options=v1.RunOptions(timeout_in_ms=timeout))
+            except tf.errors.DeadlineExceededError:
+                log.warning('warning: not every worker reported its end within --cluster_timeout=%d s', self.timeout)
+                break
+        session.run(self.ps_exits)
+        log.info('%s: training ended; the ps tasks may exit', self.task)
+
+
+# --- export formats ----------------------------------------------------------
+
+def save_model(graph, signature, checkpoint, folder, frozen_outputs=()):
+    """Restores a checkpoint into a graph's variables and writes the graph to folder as a SavedModel (tag serve, the
+    signature as serving_default); returns the graph frozen at frozen_outputs (variables as constants) if given."""
+    with v1.Session(graph=graph) as session:
+        v1.train.Saver().restore(session, checkpoint)
+        builder = v1.saved_model.Builder(folder)
+        builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING],
+                                             signature_def_map={'serving_default': signature},
+                                             strip_default_attrs=True)
+        builder.save()
+        if frozen_outputs:
+            return v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), list(frozen_outputs))
+
+
+def write_serving_model(arch, checkpoint, folder, decoder, beam_width, max_pixels):
+    """The model as a SavedModel in folder for TensorFlow Serving or tf.saved_model.load: its serving_default
+    signature takes image_bytes (string [n], encoded image files) and returns text (string [n]), confidence
+    (float32 [n]) and readable (bool [n]); decoding, resizing and the decoder run in the graph. An image that cannot
+    be decoded (or has more than max_pixels) reads as '' with confidence 0 and readable false, without failing the
+    others."""
+    with tf.Graph().as_default() as graph:
+        image_bytes = v1.placeholder(tf.string, [None], name='image_bytes')
+        images, where = decode_image_batch(image_bytes, arch.image_height, arch.image_width, arch.image_channel,
+                                           max_pixels)                                  # [k + 1, h, w, c], [n]
+        ids, confidence = reading_graph(arch, images, decoder, beam_width)
+        readable = where >= 0
+        row = tf.maximum(where, 0)
+        signature = v1.saved_model.predict_signature_def({'image_bytes': image_bytes}, {
+            'text': tf.where(readable, tf.gather(reading_text(arch.charset, ids), row), ''),
+            'confidence': tf.where(readable, tf.gather(confidence, row), 0.0), 'readable': readable})
+    save_model(graph, signature, checkpoint, folder)
+
+
+ONNX_OPSET = 17
+
+
+def write_portable_models(arch, checkpoint, folder, formats):
+    """model.tflite and model_int8.tflite (its weights in 8 bits) for LiteRT, model.onnx for ONNX Runtime, in
+    folder as formats ('tflite', 'onnx') say. One signature, serving_default: image (uint8 [n, h, w, c], resized as
+    infer resizes) -> labels (int32 [n, time_steps], the greedy reading's indices into the charset, padded with -1)
+    and confidence (float32 [n]); the RNN unrolled and the greedy decoding in the graph."""
+    with tf.Graph().as_default() as graph:
+        image = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel],
+                               name='image')
+        labels, confidence = portable_reading_graph(arch, image)
+        outputs = {'labels': tf.identity(labels, name='labels'),
+                   'confidence': tf.identity(confidence, name='confidence')}
+        signature = v1.saved_model.predict_signature_def({'image': image}, outputs)
+    saved_model = os.path.join(folder, 'portable')
+    frozen = save_model(graph, signature, checkpoint, saved_model, outputs)
+    files = {}
+    if 'tflite' in formats:
+        for name, optimizations in (('model.tflite', []), ('model_int8.tflite', [tf.lite.Optimize.DEFAULT])):
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+            converter.optimizations = optimizations
+            files[name] = converter.convert()
+    if 'onnx' in formats:
+        import tf2onnx
+        names = ['image'] + list(outputs)
+        files['model.onnx'] = tf2onnx.convert.from_graph_def(
+            frozen, input_names=['image:0'], output_names=[name + ':0' for name in outputs], opset=ONNX_OPSET,
+            tensors_to_rename={name + ':0': name for name in names})[0].SerializeToString()
+    for name, data in files.items():
+        with open(os.path.join(folder, name), 'wb') as file:
+            file.write(data)

@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+import utils
 from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, MAX_NAME_BYTES, Charset, Progress, UserError,
-                   check_numeric_flags, expression_value, id_label_name, image_id, log, natural_key, run_app,
-                   setup_logging, shorten, write_atomically)
+                   check_writable, expression_value, id_label_name, image_id, log, natural_key, shorten,
+                   write_atomically)
 
 
 
@@ -60,25 +61,6 @@ def make_room(ids, directories, overwrite, replaced=frozenset()):
         log.info('replacing %d earlier images of the same ids, %d of them elsewhere or under another label '
                  '(--overwrite)', len(clashes), len(stale))
     return others
-
-
-def nearest_existing(path):
-    """The absolute path, or its closest ancestor that exists (a link counts, even a broken one)."""
-    path = os.path.abspath(path)
-    while not os.path.lexists(path):
-        path = os.path.dirname(path)
-    return path
-
-
-def check_writable_folder(directory, where):
-    """Refuses, naming `where` (the flag at fault), a folder to write into that is not a folder, or that cannot
-    be created because a folder above it is a file or this user may not write there. Creates nothing."""
-    existing = nearest_existing(directory)
-    if not os.path.isdir(existing):
-        raise UserError('%s: %s is a file, not a folder' % (where, existing))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError('%s: no permission to %s %s' % (
-            where, 'write in' if existing == os.path.abspath(directory) else 'create folders in', existing))
 
 
 # --- rename: labels file + images -> train / val -----------------------------
@@ -168,7 +150,7 @@ def check_destinations(images_dir, train_dir, val_dir):
     """Refuses train_dir and val_dir that cannot take the copies: not folders, not writable, images_dir itself, or
     one folder for both."""
     for flag_name, directory in (('train_dir', train_dir), ('val_dir', val_dir)):
-        check_writable_folder(directory, '--%s=%s' % (flag_name, directory))
+        check_writable(directory, '--%s=%s' % (flag_name, directory))
         if os.path.realpath(directory) == os.path.realpath(images_dir):
             raise UserError('--%s=%s is --images_dir: copies must go elsewhere' % (flag_name, directory))
     if os.path.realpath(train_dir) == os.path.realpath(val_dir):
@@ -755,7 +737,7 @@ def write_image(spec, out_dir, labelled_names, image_id):
     return '%d.png %s%s\n' % (image_id, label, '' if value is None else ' %d' % value)
 
 
-MIN_CHARACTER_WIDTH = 8  # pixels of --image_width a character needs to stay legible
+MIN_CHARACTER_WIDTH = 8  # pixels of --synth_width a character needs to stay legible
 
 
 def check_synth_flags(spec, num_images, labelled_names):
@@ -764,7 +746,7 @@ def check_synth_flags(spec, num_images, labelled_names):
         raise UserError('--num_images=%d: must be 1 or more' % num_images)
     renderer_weights(spec.renderer)
     if spec.height < 16 or spec.width < 16:
-        raise UserError('--image_height=%d --image_width=%d: synth needs 16x16 or more' % (spec.height, spec.width))
+        raise UserError('--synth_height=%d --synth_width=%d: synth needs 16x16 or more' % (spec.height, spec.width))
     if spec.text == 'random':
         Charset(spec.charset)
         unusable = sorted({c for c in spec.charset if not ' ' < c <= '~' or c in '/\\'})
@@ -775,13 +757,13 @@ def check_synth_flags(spec, num_images, labelled_names):
 
 
 def check_lengths(spec, num_images, labelled_names):
-    """--min_len and --max_len of random strings: in order, the longest legible at --image_width and, in
+    """--min_len and --max_len of random strings: in order, the longest legible at --synth_width and, in
     `<id>_<label>.png` names, short enough for a file name."""
     if not 1 <= spec.min_len <= spec.max_len:
         raise UserError('--min_len=%d --max_len=%d: need 1 <= min_len <= max_len' % (spec.min_len, spec.max_len))
     legible = spec.width // MIN_CHARACTER_WIDTH
     if spec.max_len > legible:
-        raise UserError('--max_len=%d: at most %d characters fit legibly in --image_width=%d (%d pixels each)' % (
+        raise UserError('--max_len=%d: at most %d characters fit legibly in --synth_width=%d (%d pixels each)' % (
             spec.max_len, legible, spec.width, MIN_CHARACTER_WIDTH))
     longest_name = MAX_NAME_BYTES - len(id_label_name(num_images - 1, '', '.png'))
     if labelled_names and spec.max_len > longest_name:
@@ -798,13 +780,13 @@ def check_labels_path(labels_path, overwrite):
         raise UserError('%s is a folder: name a file to write' % where)
     if os.path.lexists(labels_path) and not overwrite:
         raise UserError('%s already exists (--overwrite replaces it)' % where)
-    check_writable_folder(os.path.dirname(os.path.abspath(labels_path)), where)
+    check_writable(os.path.dirname(os.path.abspath(labels_path)), where)
 
 
 def check_synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite):
     """Everything synth can check before it writes or draws anything: the flags, out_dir and the labels file."""
     check_synth_flags(spec, num_images, labelled_names)
-    check_writable_folder(out_dir, '--out_dir=%s' % out_dir)
+    check_writable(out_dir, '--out_dir=%s' % out_dir)
     check_labels_path(labels_path, overwrite)
 
 
@@ -856,19 +838,10 @@ def synth_fonts(renderers):
     return fonts
 
 
-SYNTH_SIZE = {'image_height': 60, 'image_width': 180}  # the contest's images, unless the flags are given
-
-
-def synth_size(name):
-    """--image_height or --image_width of synth's images: the flag when given, else the contest's size (the model's
-    smaller default is a size to resize to, not to draw at)."""
-    return getattr(FLAGS, name) if FLAGS[name].present else SYNTH_SIZE[name]
-
-
 def run_synth():
     """synth with the flags: checked before the fonts are searched (seconds), then drawn with the fonts found."""
-    spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, synth_size('image_height'),
-                     synth_size('image_width'), (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share,
+    spec = SynthSpec(FLAGS.seed, FLAGS.text, FLAGS.charset, FLAGS.min_len, FLAGS.max_len, FLAGS.synth_height,
+                     FLAGS.synth_width, (), FLAGS.clutter, FLAGS.renderer, FLAGS.blank_share,
                      FLAGS.plain_share)
     labels_path = FLAGS.labels_file if FLAGS['labels_file'].present else os.path.join(FLAGS.out_dir, 'labels.txt')
     arguments = (FLAGS.num_images, FLAGS.out_dir, labels_path, FLAGS.labelled_names, FLAGS.overwrite)
@@ -880,8 +853,7 @@ def run(argv):
     """Dispatches on --mode: rename (also when --mode is not given) or synth."""
     if len(argv) > 1:
         raise UserError('unexpected arguments: %s' % ' '.join(argv[1:]))
-    check_numeric_flags()
-    mode = FLAGS.mode if FLAGS['mode'].present else 'rename'
+    mode = FLAGS.mode or 'rename'
     if mode == 'rename':
         rename(FLAGS.labels_file, FLAGS.images_dir, FLAGS.train_dir, FLAGS.val_dir, FLAGS.train_size, FLAGS.seed,
                FLAGS.overwrite)
@@ -892,7 +864,7 @@ def run(argv):
 
 
 def main(argv):
-    setup_logging()
+    utils.setup_logging()
     try:
         run(argv)
     except UserError as error:
@@ -901,4 +873,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    run_app(main)
+    utils.run(main, 'helper.py')

@@ -1,124 +1,117 @@
-"""Flags, charset, `id_label` image loading and metrics.
+"""Flags, charset, `id_label` image files, the model folder and metrics: everything but the graph, without TensorFlow.
 
-Every command-line flag of the project is declared here, once. Images are read
-from `<id>_<label>.<ext>` files into a streaming `tf.data` pipeline that keeps
-them uint8 until the graph; the model never opens a file.
+Every command-line flag of both tools is declared here, once, with its range; main.py and helper.py each list their
+own in --help. Images are read from `<id>_<label>.<ext>` files one by one (cnn_lstm_otc_ocr turns a LabelledImages
+into a streaming tf.data pipeline); a model folder is read and written through ModelFolder.
 """
 import ast
+import collections
+import contextlib
 import errno
+import fcntl
 import io
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import socket
 import stat
 import sys
 import tempfile
 import time
+import warnings
 
-# Quiet by default: TensorFlow's C++ start-up lines (a "failed call to cuInit" on machines without a GPU reads as a
-# failure; some are printed while TensorFlow loads, before any log level applies, so the process's stderr goes to
-# /dev/null during its import) and OpenCV's own warnings beside the tool's. A TF_CPP_MIN_LOG_LEVEL the user sets
-# wins, and then nothing is hidden.
-QUIET = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-os.environ.setdefault('OPENCV_LOG_LEVEL', 'ERROR')
-
-import absl.logging  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-
-_stderr = os.dup(2) if QUIET else None
-try:
-    if QUIET:
-        _null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(_null, 2)
-        os.close(_null)
-    import tensorflow as tf  # noqa: E402
-finally:
-    if QUIET:
-        os.dup2(_stderr, 2)
-        os.close(_stderr)
-
-import cnn_lstm_otc_ocr as ocr  # noqa: E402  (after TensorFlow's quiet import; its registries name flag values)
-
-flags = tf.compat.v1.flags
+import cv2
+import numpy as np
+import PIL.Image
+from absl import app, flags
+from absl import logging as absl_logging  # before our --log_dir, which replaces its own (for log files)
 
 CONTEST_CHARSET = '0123456789+-*()'  # the contest's expressions: digits, operators, parentheses
+EXPORT_FORMATS = ('saved_model', 'tflite', 'onnx')  # what --mode=export writes beside the model folder
+STEPS = 10 ** 12  # the highest step flags: far beyond any real use, they stop a typo before it fills memory
 
 # What to do, and on which folders.
-flags.DEFINE_string('mode', 'train',
-                    'main.py: train | val | infer | export; helper.py: rename | synth (its default: rename)')
+flags.DEFINE_enum('mode', None, ['train', 'val', 'infer', 'export', 'rename', 'synth'],
+                  'what the tool does: main.py train (default), val, infer, export; helper.py rename (default), synth')
 flags.DEFINE_string('train_dir', './imgs/train/', 'folder of <id>_<label> training images')
 flags.DEFINE_string('val_dir', './imgs/val/', 'folder of <id>_<label> validation images')
 flags.DEFINE_string('infer_dir', './imgs/infer/', 'folder of images to read (any file names)')
 flags.DEFINE_string('infer_output', './result.txt', 'file that --mode=infer writes')
 flags.DEFINE_string('checkpoint_dir', './checkpoint/', 'where checkpoints and the model architecture are kept')
-# absl.logging declares a log_dir of its own for log files it only writes when asked to; this one replaces it.
-delattr(flags.FLAGS, 'log_dir')
-flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries')
+flags.DEFINE_string('log_dir', './log', 'TensorBoard summaries', allow_override=True)
 flags.DEFINE_string('export_dir', '', 'folder that --mode=export writes the inference variables of the model to '
                     '(required there)')
-EXPORT_FORMATS = ('saved_model', 'tflite', 'onnx')  # what --mode=export writes beside the model folder
 flags.DEFINE_list('export_formats', list(EXPORT_FORMATS),
                   'export: saved_model (TensorFlow Serving), tflite (model.tflite and model_int8.tflite for LiteRT), '
                   'onnx (model.onnx for ONNX Runtime; needs the tf2onnx package)')
-flags.DEFINE_boolean('overwrite', False, 'helper: replace the labels file and images of the same ids (any label, '
-                     'train_dir or val_dir) that already exist; main.py --mode=export: replace the model in export_dir')
+flags.DEFINE_boolean('overwrite', False, 'replace what the output already holds: train, a model in checkpoint_dir '
+                     '(its checkpoints removed first); export, the model in export_dir; helper.py, the labels file and '
+                     'the images of the same ids')
 
 # The model's architecture (saved in architecture.json; val, infer and export read it from there). The defaults of
 # the architecture and of training learn faster than the original project's, which ORIGINAL_FLAGS restores.
-flags.DEFINE_integer('image_height', 40, 'images are resized to this height')
-flags.DEFINE_integer('image_width', 120, 'images are resized to this width')
-flags.DEFINE_integer('image_channel', 1, '1: read images as grey, 3: as colour')
+flags.DEFINE_integer('image_height', 40, 'images are resized to this height', lower_bound=1, upper_bound=1024)
+flags.DEFINE_integer('image_width', 120, 'images are resized to this width', lower_bound=1, upper_bound=8192)
+flags.DEFINE_integer('image_channel', 1, '1: read images as grey, 3: as colour', lower_bound=1, upper_bound=3)
 flags.DEFINE_string('charset', CONTEST_CHARSET, 'the characters labels may contain')
-flags.DEFINE_integer('cnn_count', 4, 'number of conv + batch norm + leaky ReLU + max-pool units')
-flags.DEFINE_integer('out_channels', 64, 'filters of the last conv unit')
-flags.DEFINE_float('leakiness', 0.01, 'slope of the leaky ReLU for negative inputs')
+flags.DEFINE_integer('cnn_count', 4, 'number of conv + batch norm + leaky ReLU + max-pool units', lower_bound=1,
+                     upper_bound=16)
+flags.DEFINE_integer('out_channels', 64, 'filters of the last conv unit', lower_bound=1, upper_bound=4096)
+flags.DEFINE_float('leakiness', 0.01, 'slope of the leaky ReLU for negative inputs', lower_bound=0, upper_bound=1)
 flags.DEFINE_integer('max_stepsize', 16,
                      'least number of RNN time steps: width pooling stops halving once another halving would '
-                     'drop below it (16: 30 steps at width 120; 0: every conv unit halves the width)')
-flags.DEFINE_enum('rnn_cell', 'gru', list(ocr.RNN_CELLS),
+                     'drop below it (16: 30 steps at width 120; 0: every conv unit halves the width)', lower_bound=0,
+                     upper_bound=8192)
+flags.DEFINE_enum('rnn_cell', 'gru', ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm'],
                   'RNN cell: LSTM, GRU, highway LSTM, recurrent highway network or nested LSTM')
-flags.DEFINE_integer('rnn_layers', 2, 'stacked RNN layers')
-flags.DEFINE_integer('num_hidden', 128, 'units of each RNN layer')
+flags.DEFINE_integer('rnn_layers', 2, 'stacked RNN layers', lower_bound=1, upper_bound=64)
+flags.DEFINE_integer('num_hidden', 128, 'units of each RNN layer', lower_bound=1, upper_bound=4096)
 flags.DEFINE_boolean('bidirectional', True, 'run a second RNN stack backwards and concatenate the two')
-flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn')
+flags.DEFINE_integer('rhn_depth', 3, 'highway micro-steps per time step of --rnn_cell=rhn', lower_bound=1,
+                     upper_bound=64)
 
 # Training: where it starts, how long it runs, when it validates and saves.
 flags.DEFINE_boolean('restore', False, 'resume training from the latest checkpoint in checkpoint_dir')
 flags.DEFINE_string('init_from', '', 'train: start from the weights of this model folder (a checkpoint_dir, its best/, '
                     'or an export such as imgs/model) at step 0 with a fresh optimiser')
-flags.DEFINE_integer('batch_size', 64, 'images per step (train, val and infer)')
-flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir')
+flags.DEFINE_integer('batch_size', 64, 'images per step (train, val and infer)', lower_bound=1, upper_bound=16384)
+flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir', lower_bound=1,
+                     upper_bound=10 ** 9)
 flags.DEFINE_integer('max_steps', 4000, 'stop training at this global step (0: no limit); the cosine schedule ends '
-                     'there')
-flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps')
-flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps')
-flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout')
+                     'there', lower_bound=0, upper_bound=STEPS)
+flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps', lower_bound=1,
+                     upper_bound=STEPS)
+flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps', lower_bound=1, upper_bound=STEPS)
+flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout; helper.py: of the split and the images',
+                     lower_bound=0, upper_bound=2 ** 31 - 1)
 flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
                      'brightness, colour, noise) in the input pipeline; never in val or infer')
-flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output dropout (training only)')
+flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output dropout (training only)',
+                   lower_bound=0, upper_bound=1)
 
 # Training: optimiser and learning-rate schedule.
-flags.DEFINE_enum('optimizer', 'adam', list(ocr.OPTIMIZERS), 'Adam (beta1, beta2) or momentum SGD (momentum)')
-flags.DEFINE_float('initial_learning_rate', 5e-4, 'peak learning rate (at step 0, or at the end of the warm-up)')
-flags.DEFINE_enum('lr_schedule', 'cosine', list(ocr.LR_SCHEDULES),
+flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
+flags.DEFINE_float('initial_learning_rate', 5e-4, 'peak learning rate (at step 0, or at the end of the warm-up)',
+                   lower_bound=0)
+flags.DEFINE_enum('lr_schedule', 'cosine', ['exponential', 'cosine', 'piecewise'],
                   'cosine: from initial_learning_rate down to 0 at --max_steps (or at --decay_steps when given); '
                   'exponential: times decay_rate every decay_steps (staircase); piecewise: times decay_rate at each '
                   'step of lr_boundaries')
 flags.DEFINE_integer('decay_steps', 10000, 'exponential: the learning rate is multiplied by decay_rate every this '
-                     'many steps; cosine: the step at which it reaches 0 (default: --max_steps)')
-flags.DEFINE_float('decay_rate', 0.98, 'learning rate decay factor')
+                     'many steps; cosine: the step at which it reaches 0 (default: --max_steps)', lower_bound=1,
+                     upper_bound=STEPS)
+flags.DEFINE_float('decay_rate', 0.98, 'learning rate decay factor', lower_bound=0, upper_bound=1)
 flags.DEFINE_list('lr_boundaries', [], 'piecewise schedule: steps at which the learning rate drops, e.g. 20000,40000')
-flags.DEFINE_integer('warmup_steps', 200, 'raise the learning rate linearly from 0 over this many first steps')
-flags.DEFINE_float('beta1', 0.9, 'Adam beta1')
-flags.DEFINE_float('beta2', 0.999, 'Adam beta2')
-flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum')
+flags.DEFINE_integer('warmup_steps', 200, 'raise the learning rate linearly from 0 over this many first steps',
+                     lower_bound=0, upper_bound=STEPS)
+flags.DEFINE_float('beta1', 0.9, 'Adam beta1', lower_bound=0, upper_bound=1)
+flags.DEFINE_float('beta2', 0.999, 'Adam beta2', lower_bound=0, upper_bound=1)
+flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum', lower_bound=0, upper_bound=1)
 flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
-                   '(0: off)')
+                   '(0: off)', lower_bound=0)
 
 # The original project's model and training, where the defaults above differ (README, "Training on your own data").
 ORIGINAL_FLAGS = ('--image_height=60', '--image_width=180', '--max_stepsize=0', '--rnn_cell=lstm', '--nobidirectional',
@@ -127,7 +120,7 @@ ORIGINAL_FLAGS = ('--image_height=60', '--image_width=180', '--max_stepsize=0', 
 
 # Devices and number formats.
 flags.DEFINE_integer('num_gpus', 0, '0: run on the CPU; N >= 1: N towers on the first N GPUs (or CPUs, see '
-                     'tower_device), the batch split evenly between them')
+                     'tower_device), the batch split evenly between them', lower_bound=0, upper_bound=64)
 flags.DEFINE_enum('tower_device', 'gpu', ['gpu', 'cpu'],
                   'where --num_gpus towers run: GPUs, or as many logical CPU devices (for machines without GPUs)')
 flags.DEFINE_enum('precision', 'fp32', ['fp32', 'bf16', 'fp16'],
@@ -139,60 +132,110 @@ flags.DEFINE_enum('precision', 'fp32', ['fp32', 'bf16', 'fp16'],
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'],
                   'val, infer, export and --init_from: the best validated model (the latest when none was '
                   'validated yet) or the latest')
-flags.DEFINE_enum('decoder', 'beam', list(ocr.DECODERS), 'CTC decoder for val and infer')
-flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam')
+flags.DEFINE_enum('decoder', 'beam', ['beam', 'greedy'], 'CTC decoder of val, infer and the SavedModel of export')
+flags.DEFINE_integer('beam_width', 10, 'beam width of --decoder=beam', lower_bound=1, upper_bound=1000)
 
 # Training on a cluster (TensorFlow's distributed runtime); TF_CONFIG describes it as well.
 flags.DEFINE_list('ps_hosts', [], 'train on a cluster: host:port of every parameter-server task, e.g. ps0:2222')
 flags.DEFINE_list('worker_hosts', [], 'train on a cluster: host:port of every worker task; worker 0 is the chief')
-flags.DEFINE_string('job_name', '', 'train on a cluster: the job of this process, ps or worker')
-flags.DEFINE_integer('task_index', 0, 'train on a cluster: the index of this process in its job')
+flags.DEFINE_enum('job_name', None, ['ps', 'worker'], 'train on a cluster: the job of this process')
+flags.DEFINE_integer('task_index', 0, 'train on a cluster: the index of this process in its job', lower_bound=0,
+                     upper_bound=10000)
 flags.DEFINE_boolean('sync_replicas', True, 'train on a cluster: every step applies the mean gradient of one batch '
                      'of every worker (synchronous); --nosync_replicas: each worker applies its own (asynchronous)')
 flags.DEFINE_integer('cluster_timeout', 300, 'train on a cluster: seconds to wait for the other tasks to be '
-                     'reachable (and for the chief to initialise the model) before giving up')
+                     'reachable (and for the chief to initialise the model) before giving up', lower_bound=1,
+                     upper_bound=10 ** 6)
 
 # helper.py: dataset tools.
 flags.DEFINE_string('labels_file', './imgs/labels.txt',
-                    'helper rename: labels of images_dir; helper synth: where to write labels, when given '
-                    '(else <out_dir>/labels.txt)')
-flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'helper rename: contest images 0.png, 1.png, ...')
-flags.DEFINE_integer('train_size', 80000, 'helper rename: images copied to train_dir, the rest go to val_dir')
-flags.DEFINE_string('out_dir', './imgs/synth/', 'helper synth: folder to write images into')
-flags.DEFINE_integer('num_images', 1000, 'helper synth: number of images to write')
+                    'rename: labels of images_dir; synth: where to write labels, when given (else '
+                    '<out_dir>/labels.txt)')
+flags.DEFINE_string('images_dir', './imgs/image_contest_level_1/', 'rename: contest images 0.png, 1.png, ...')
+flags.DEFINE_integer('train_size', 80000, 'rename: images copied to train_dir, the rest go to val_dir', lower_bound=0,
+                     upper_bound=10 ** 9)
+flags.DEFINE_string('out_dir', './imgs/synth/', 'synth: folder to write images into')
+flags.DEFINE_integer('num_images', 1000, 'synth: number of images to write', lower_bound=1, upper_bound=10 ** 8)
+flags.DEFINE_integer('synth_height', 60, 'synth: height of the images drawn (the contest\'s)', lower_bound=16,
+                     upper_bound=1024)
+flags.DEFINE_integer('synth_width', 180, 'synth: width of the images drawn (the contest\'s)', lower_bound=16,
+                     upper_bound=8192)
 flags.DEFINE_enum('text', 'expression', ['expression', 'random'],
-                  'helper synth: contest-style expressions or random strings of --charset')
+                  'synth: contest-style expressions or random strings of --charset')
 flags.DEFINE_enum('clutter', 'over', ['over', 'under'],
-                  'helper synth: draw the noise dots, discs and lines over the text (they may hide part of a '
-                  'character: harder training images) or under it (every character stays whole: test images)')
+                  'synth: draw the noise dots, discs and lines over the text (they may hide part of a character: '
+                  'harder training images) or under it (every character stays whole: test images)')
 flags.DEFINE_list('font_files', ['/usr/share/fonts/**/*.[ot]tf', '/usr/local/share/fonts/**/*.[ot]tf',
                                  '~/.fonts/**/*.[ot]tf', '~/.local/share/fonts/**/*.[ot]tf', '/Library/Fonts/*.[ot]tf',
                                  'C:/Windows/Fonts/*.[ot]tf'],
-                  'helper synth: glob patterns of TrueType and OpenType fonts to draw with; left at its default, the '
+                  'synth: glob patterns of TrueType and OpenType fonts to draw with; left at its default, the '
                   'captcha package\'s DroidSansMono joins them (the classic renderer also has OpenCV\'s Hershey fonts)')
 flags.DEFINE_string('renderer', 'mix',
-                    'helper synth: contest: the contest\'s own generator (the captcha package 0.2.4 with a thin '
-                    'minus, DroidSansMono); captcha07: modelled on today\'s captcha package with any font found '
-                    '(rotated, warped, overlapping characters, thin noise); classic: the project\'s own generator '
-                    '(fonts, colours, clutter); mix: captcha07 or classic at random; or weights for each image\'s '
-                    'choice, such as contest:8,captcha07:1,classic:1')
-flags.DEFINE_float('blank_share', 0.0, 'helper synth: share of the images drawn without text (label empty, named '
-                   '<id>_.png), to teach a model to read nothing where there is nothing')
-flags.DEFINE_float('plain_share', 0.0, 'helper synth: share of the images without text that are one plain colour '
-                   '(white, black, a grey or any colour) instead of the renderer\'s background and noise')
-flags.DEFINE_integer('min_len', 1, 'helper synth --text=random: shortest string')
-flags.DEFINE_integer('max_len', 8, 'helper synth --text=random: longest string')
-flags.DEFINE_boolean('labelled_names', True, 'helper synth: name images <id>_<label>.png, else <id>.png '
-                     '(labels only in the labels file)')
+                    'synth: contest: the contest\'s own generator (the captcha package 0.2.4 with a thin minus, '
+                    'DroidSansMono); captcha07: modelled on today\'s captcha package with any font found (rotated, '
+                    'warped, overlapping characters, thin noise); classic: the project\'s own generator (fonts, '
+                    'colours, clutter); mix: captcha07 or classic at random; or weights for each image\'s choice, such '
+                    'as contest:8,captcha07:1,classic:1')
+flags.DEFINE_float('blank_share', 0.0, 'synth: share of the images drawn without text (label empty, named '
+                   '<id>_.png), to teach a model to read nothing where there is nothing', lower_bound=0, upper_bound=1)
+flags.DEFINE_float('plain_share', 0.0, 'synth: share of the images without text that are one plain colour (white, '
+                   'black, a grey or any colour) instead of the renderer\'s background and noise', lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_integer('min_len', 1, 'synth --text=random: shortest string', lower_bound=1, upper_bound=1000)
+flags.DEFINE_integer('max_len', 8, 'synth --text=random: longest string', lower_bound=1, upper_bound=1000)
+flags.DEFINE_boolean('labelled_names', True, 'synth: name images <id>_<label>.png, else <id>.png (labels only in '
+                     'the labels file)')
 
 FLAGS = flags.FLAGS
+SHARED_FLAGS = ('mode', 'train_dir', 'val_dir', 'charset', 'seed', 'overwrite')
+HELPER_FLAGS = SHARED_FLAGS + ('labels_file', 'images_dir', 'train_size', 'out_dir', 'num_images', 'synth_height',
+                               'synth_width', 'text', 'clutter', 'font_files', 'renderer', 'blank_share',
+                               'plain_share', 'min_len', 'max_len', 'labelled_names')
+OWN_FLAGS = {'main.py': [name for name in FLAGS if FLAGS.find_module_defining_flag(name) == __name__
+                         and (name in SHARED_FLAGS or name not in HELPER_FLAGS)],
+             'helper.py': HELPER_FLAGS}
+
+
+def rule(names, holds, message):
+    """A rule between flags, checked as they are parsed: holds(flag values) false is an error naming them."""
+    flags.register_multi_flags_validator(names, lambda values: holds(**values), message)
+
+
+for _name in ('initial_learning_rate', 'decay_rate', 'output_keep_prob'):
+    flags.register_validator(_name, lambda value: value > 0, 'must be more than 0')
+for _name in [name for name in FLAGS if isinstance(FLAGS[name].parser, flags.FloatParser)]:
+    flags.register_validator(_name, math.isfinite, 'must be a finite number')
+flags.register_validator('image_channel', lambda value: value in (1, 3), 'must be 1 (grey) or 3 (colour)')
+flags.register_validator('lr_boundaries', lambda steps: all(step.isdigit() for step in steps) and [
+    int(step) for step in steps] == sorted({int(step) for step in steps}), 'must be increasing step numbers, e.g. '
+    '20000,40000')
+flags.register_validator('export_formats', lambda names: set(names) <= set(EXPORT_FORMATS),
+                         'must be among %s' % ','.join(EXPORT_FORMATS))
+rule(['max_stepsize', 'image_width'], lambda max_stepsize, image_width: max_stepsize <= image_width,
+     'must be between 0 and --image_width')
+rule(['lr_schedule', 'lr_boundaries'], lambda lr_schedule, lr_boundaries: lr_schedule != 'piecewise' or lr_boundaries,
+     '--lr_schedule=piecewise needs --lr_boundaries, e.g. --lr_boundaries=20000,40000')
+rule(['restore', 'overwrite'], lambda restore, overwrite: not (restore and overwrite),
+     '--restore continues the model in checkpoint_dir, --overwrite replaces it: choose one')
+rule(['restore', 'init_from'], lambda restore, init_from: not (restore and init_from),
+     '--restore continues a training, --init_from starts a new one from a model: choose one')
+rule(['precision', 'num_gpus', 'tower_device'], lambda precision, num_gpus, tower_device: precision != 'fp16' or (
+    num_gpus and tower_device == 'gpu'), '--precision=fp16 runs on GPUs (--num_gpus=1 or more); on the CPU use '
+     '--precision=bf16')
+rule(['precision', 'num_gpus', 'tower_device'], lambda precision, num_gpus, tower_device: precision != 'bf16' or not (
+    num_gpus and tower_device == 'gpu'), '--precision=bf16 is for the CPU (--num_gpus=0); on GPUs use --precision=fp16')
+rule(['ps_hosts', 'worker_hosts', 'job_name'], lambda ps_hosts, worker_hosts, job_name: bool(ps_hosts) == bool(
+    worker_hosts) == bool(job_name), 'a cluster needs --ps_hosts, --worker_hosts and --job_name')
+MAX_BATCH_PIXELS = 2 ** 26  # batch_size x image_height x image_width; the first conv unit's output: 256 bytes each
+rule(['batch_size', 'image_height', 'image_width'], lambda batch_size, image_height, image_width: (
+    batch_size * image_height * image_width <= MAX_BATCH_PIXELS), 'at most %d pixels a batch (the first conv unit '
+     'alone would need %.0f GB for more)' % (MAX_BATCH_PIXELS, MAX_BATCH_PIXELS * 256 / 1e9))
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
 MAX_NAME_BYTES = 255  # longest file name of common file systems
 NO_READABLE_IMAGES = 'not one image of this folder can be read'  # the error of a folder of unreadable files
-CACHE_BYTES = 256 * 2 ** 20  # image_dataset keeps the decoded images of a data set that fits
+CACHE_BYTES = 256 * 2 ** 20  # LabelledImages keeps the decoded images of a data set that fits
 MAX_IMAGE_PIXELS = 64 * 2 ** 20  # larger image files are unreadable: a text line is never that large
-PIL.Image.MAX_IMAGE_PIXELS = None  # Pillow's own bound (a warning, then an error) gives way to that one
 
 log = logging.getLogger('ocr')
 
@@ -202,7 +245,8 @@ class UserError(Exception):
 
 
 def setup_logging():
-    """Plain messages: progress on stdout, warnings and errors on stderr; TensorFlow's own only when errors."""
+    """Plain messages: progress on stdout, warnings and errors on stderr; absl's (TensorFlow's SavedModel loader,
+    tf2onnx) and OpenCV's own only when errors."""
     progress = logging.StreamHandler(sys.stdout)
     progress.addFilter(lambda record: record.levelno < logging.WARNING)
     problems = logging.StreamHandler(sys.stderr)
@@ -210,107 +254,34 @@ def setup_logging():
     log.handlers = [progress, problems]
     log.setLevel(logging.INFO)
     log.propagate = False
-    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
-    absl.logging.set_verbosity(absl.logging.ERROR)  # what TensorFlow's SavedModel loader and tf2onnx log there
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
-HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+def run(main, tool):
+    """absl.app.run(main) for a tool (main.py or helper.py): --help lists the tool's own flags (--helpfull every
+    flag); a flag of the other tool, a value that does not parse or a rule between flags that fails ends in one line
+    naming the flag, exit code 2, not a traceback."""
+    for name in OWN_FLAGS[tool]:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
-
-def run_app(main, usage=None, setup=None):
-    """tf.compat.v1.app.run(main), but --help prints usage (the script's docstring without it) and the tool's
-    flags (--helpfull: every flag) and exits 0, and a flag value that does not parse (--precision=fp8, --seed=x)
-    ends in one line naming it, exit code 2, not a traceback. setup() runs once the flags are parsed, before the
-    app starts."""
-    asked = [argument for argument in sys.argv[1:] if argument in HELP]
-    if asked:
-        full = asked[0] == '--helpfull'
+    def parse(argv):
         try:
-            flag_help = FLAGS.get_help() if full else 'flags (all in utils.py):\n' + FLAGS.module_help(__name__)
-            print('%s\n\n%s' % (usage or sys.modules['__main__'].__doc__, flag_help))
-            sys.stdout.flush()
-        except BrokenPipeError:  # `--help | head`: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    try:
-        FLAGS(sys.argv, known_only=True)
-    except flags.Error as error:
-        print('error: %s' % error, file=sys.stderr)
-        sys.exit(2)
-    if setup:
-        setup()
-    tf.compat.v1.app.run(main)
+            arguments = FLAGS(argv)
+        except flags.Error as error:
+            print('error: %s' % error, file=sys.stderr)
+            sys.exit(2)
+        except SystemExit as help_shown:  # absl's --help and --helpfull exit 1
+            sys.exit(0 if help_shown.code == 1 else help_shown.code)
+        strangers = [name for name in set(OWN_FLAGS['main.py'] + list(HELPER_FLAGS)) - set(OWN_FLAGS[tool])
+                     if FLAGS[name].present]
+        if strangers:
+            print('error: %s: not a flag of %s (see python %s --help)' % (
+                ', '.join('--' + name for name in sorted(strangers)), tool, tool), file=sys.stderr)
+            sys.exit(2)
+        return arguments
 
-
-# (flag, lowest, highest, whether the lowest itself is allowed): every numeric flag's range, checked at start. The
-# highest values lie far beyond any real use; they stop a typo (--batch_size=100000000) before it fills memory.
-STEPS = 10 ** 12
-NUMERIC_FLAGS = [
-    ('initial_learning_rate', 0, math.inf, False), ('decay_rate', 0, 1, False), ('beta1', 0, 1, True),
-    ('beta2', 0, 1, True), ('momentum', 0, 1, True), ('leakiness', 0, 1, True), ('output_keep_prob', 0, 1, False),
-    ('clip_norm', 0, math.inf, True), ('blank_share', 0, 1, True), ('plain_share', 0, 1, True),
-    ('image_height', 1, 1024, True),
-    ('image_width', 1, 8192, True), ('image_channel', 1, 3, True), ('cnn_count', 1, 16, True),
-    ('out_channels', 1, 4096, True), ('num_hidden', 1, 4096, True), ('rnn_layers', 1, 64, True),
-    ('rhn_depth', 1, 64, True), ('batch_size', 1, 16384, True), ('save_steps', 1, STEPS, True),
-    ('validation_steps', 1, STEPS, True), ('decay_steps', 1, STEPS, True), ('beam_width', 1, 1000, True),
-    ('num_epochs', 1, 10 ** 9, True), ('max_steps', 0, STEPS, True), ('num_gpus', 0, 64, True),
-    ('warmup_steps', 0, STEPS, True), ('max_stepsize', 0, 8192, True), ('seed', 0, 2 ** 31 - 1, True),
-    ('num_images', 1, 10 ** 8, True), ('train_size', 0, 10 ** 9, True), ('min_len', 1, 1000, True),
-    ('max_len', 1, 1000, True), ('task_index', 0, 10000, True), ('cluster_timeout', 1, 10 ** 6, True)]
-RANGES = {name: (low, high, low_allowed) for name, low, high, low_allowed in NUMERIC_FLAGS}
-MAX_BATCH_PIXELS = 2 ** 26  # batch_size x image_height x image_width; the first conv unit's output: 256 bytes each
-
-
-def check_range(name, value, where=None):
-    """A numeric flag's value (or an architecture field's) finite and in its range, else a UserError naming it."""
-    low, high, low_allowed = RANGES[name]
-    if not math.isfinite(value) or value < low or value > high or (value == low and not low_allowed):
-        raise UserError('%s=%s: must be %s%s%s' % (
-            where or '--' + name, value, 'at least %s' % low if low_allowed else 'more than %s' % low,
-            '' if high == math.inf else ' and at most %s' % high, ' (a finite number)'
-            if not math.isfinite(value) else ''))
-
-
-def check_numeric_flags():
-    """Every numeric flag in its range and --lr_boundaries step numbers; else a UserError naming the flag."""
-    for name in RANGES:
-        check_range(name, getattr(FLAGS, name))
-    if not all(boundary.isdigit() for boundary in FLAGS.lr_boundaries):
-        raise UserError('--lr_boundaries=%s: must be step numbers, e.g. 20000,40000' % ','.join(FLAGS.lr_boundaries))
-
-
-MAIN_MODES = ('train', 'val', 'infer', 'export')
-
-
-def check_main_flags():
-    """main.py's flags: --mode, every numeric flag's range, and --precision for the device chosen."""
-    if FLAGS.mode not in MAIN_MODES:
-        raise UserError('--mode=%s: main.py runs train, val, infer or export' % FLAGS.mode)
-    check_numeric_flags()
-    unknown = [name for name in FLAGS.export_formats if name not in EXPORT_FORMATS]
-    if unknown:
-        raise UserError('--export_formats: unknown %s (choose among %s)' % (
-            ', '.join(unknown), ','.join(EXPORT_FORMATS)))
-    pixels = FLAGS.batch_size * FLAGS.image_height * FLAGS.image_width
-    if pixels > MAX_BATCH_PIXELS:
-        raise UserError('--batch_size=%d x --image_height=%d x --image_width=%d = %d pixels a batch: at most %d (the '
-                        'first conv unit alone would need %.0f GB)' % (
-                            FLAGS.batch_size, FLAGS.image_height, FLAGS.image_width, pixels, MAX_BATCH_PIXELS,
-                            pixels * 256 / 1e9))
-    check_precision()
-
-
-def check_precision():
-    """fp16 needs GPUs and bf16 the CPU: an error otherwise; bf16 on a CPU without bf16 instructions warns."""
-    on_cpu = FLAGS.num_gpus == 0 or FLAGS.tower_device == 'cpu'
-    if FLAGS.precision == 'fp16' and on_cpu:
-        raise UserError('--precision=fp16 runs on GPUs (--num_gpus=1 or more); on the CPU use --precision=bf16')
-    if FLAGS.precision == 'bf16' and not on_cpu:
-        raise UserError('--precision=bf16 is for the CPU (--num_gpus=0); on GPUs use --precision=fp16')
-    if FLAGS.precision == 'bf16' and not cpu_has_bf16():
-        log.warning('warning: --precision=bf16: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); '
-                    'bf16 will be emulated and slower than fp32')
+    app.run(main, flags_parser=parse)
 
 
 def cpu_has_bf16():
@@ -322,7 +293,7 @@ def cpu_has_bf16():
 
 
 def lr_boundaries():
-    """--lr_boundaries as step numbers (check_numeric_flags has made sure they are)."""
+    """--lr_boundaries as step numbers (their validator has made sure they are)."""
     return [int(boundary) for boundary in FLAGS.lr_boundaries]
 
 
@@ -340,9 +311,8 @@ def warmup_steps():
     return FLAGS.warmup_steps
 
 
-def check_schedule():
-    """Learning-rate schedule flags that cannot work; a cosine schedule that ends before training does, or a warm-up
-    that outlasts it, warns."""
+def warn_about_schedule():
+    """A cosine schedule that ends before training does, or a warm-up that outlasts it, warns."""
     if FLAGS.lr_schedule == 'cosine' and decay_steps() < (FLAGS.max_steps or math.inf):
         log.warning('warning: --lr_schedule=cosine reaches a learning rate of 0 at step %d (--decay_steps), before '
                     'training ends (--max_steps=%d%s): the steps after it learn nothing', decay_steps(),
@@ -350,41 +320,46 @@ def check_schedule():
     if FLAGS.max_steps and warmup_steps() >= FLAGS.max_steps:
         log.warning('warning: --warmup_steps=%d is not shorter than --max_steps=%d: the learning rate never reaches '
                     '--initial_learning_rate=%g', warmup_steps(), FLAGS.max_steps, FLAGS.initial_learning_rate)
-    if FLAGS.lr_schedule != 'piecewise':
-        return
-    if not FLAGS.lr_boundaries:
-        raise UserError('--lr_schedule=piecewise needs --lr_boundaries, e.g. --lr_boundaries=20000,40000')
-    if lr_boundaries() != sorted(set(lr_boundaries())):
-        raise UserError('--lr_boundaries=%s: must be increasing step numbers' % ','.join(FLAGS.lr_boundaries))
 
 
-def check_architecture(arch, source=None):
-    """An architecture (from the flags, or architecture.json: its path is source) that cannot be built: a value of
-    the wrong type or out of its flag's range, named by its flag or by the file and field."""
-    for name in ocr.Architecture._fields:
-        value, expected = getattr(arch, name), type(FLAGS[name].default)
-        where = field_name(name, source)
+# --- the architecture ---------------------------------------------------------
+
+# The model's shape, as saved beside its checkpoint in architecture.json; its fields are flags of the same names.
+Architecture = collections.namedtuple('Architecture', [
+    'image_height', 'image_width', 'image_channel', 'charset', 'cnn_count', 'out_channels', 'num_hidden',
+    'leakiness', 'max_stepsize', 'rnn_cell', 'rnn_layers', 'bidirectional', 'rhn_depth'])
+
+
+def architecture_from_flags():
+    return Architecture(**{name: getattr(FLAGS, name) for name in Architecture._fields})
+
+
+def input_shape(arch):
+    """The [height, width, channels] images of an architecture are resized to."""
+    return arch.image_height, arch.image_width, arch.image_channel
+
+
+def check_architecture(arch, source):
+    """A saved architecture (source: its file) that cannot be built: a value of the wrong type or one its flag
+    refuses, named by file and field."""
+    for name in Architecture._fields:
+        flag, value = FLAGS[name], getattr(arch, name)
+        expected = type(flag.default)
+        where = '%s: %s=%s' % (source, name, json.dumps(value))
         if type(value) is not expected and not (expected is float and type(value) is int):
-            raise UserError('%s=%s: must be %s' % (where, json.dumps(value), {
-                int: 'a whole number', float: 'a number', str: 'a string', bool: 'true or false'}[expected]))
-        if name in RANGES:
-            check_range(name, value, where)
-    if arch.image_channel not in (1, 3):
-        raise UserError('%s=%s: must be 1 (grey) or 3 (colour)' % (field_name('image_channel', source),
-                                                                  arch.image_channel))
-    if arch.rnn_cell not in ocr.RNN_CELLS:
-        raise UserError('%s=%s: must be one of %s' % (field_name('rnn_cell', source), arch.rnn_cell,
-                                                      ', '.join(ocr.RNN_CELLS)))
-    if not 0 <= arch.max_stepsize <= arch.image_width:
-        raise UserError('%s=%s: must be between 0 and %s=%s' % (
-            field_name('max_stepsize', source), arch.max_stepsize, 'image_width' if source else '--image_width',
-            arch.image_width))
+            raise UserError('%s: must be %s' % (where, {int: 'a whole number', float: 'a number', str: 'a string',
+                                                        bool: 'true or false'}[expected]))
+        if getattr(flag.parser, 'is_outside_bounds', lambda value: False)(value):
+            raise UserError('%s: must be %s' % (where, flag.parser.syntactic_help))
+        if isinstance(flag.parser, flags.EnumParser) and value not in flag.parser.enum_values:
+            raise UserError('%s: must be one of %s' % (where, ', '.join(flag.parser.enum_values)))
+        for validator in flag.validators:
+            if validator.get_flags_names() == [name] and not validator.checker(value):
+                raise UserError('%s: %s' % (where, validator.message))
+    if arch.max_stepsize > arch.image_width:
+        raise UserError('%s: max_stepsize=%d: must be between 0 and image_width=%d' % (
+            source, arch.max_stepsize, arch.image_width))
     Charset(arch.charset)
-
-
-def field_name(name, source):
-    """How a message names an architecture field: by its flag, or by the file it was read from."""
-    return '%s: %s' % (source, name) if source else '--' + name
 
 
 # --- the cluster ---------------------------------------------------------------
@@ -404,8 +379,10 @@ class ClusterTask:
         self.check(source)
 
     def check(self, source):
-        if self.job not in CLUSTER_JOBS:
-            raise UserError('%s: task type %r: main.py runs the tasks chief, worker and ps' % (source, self.job))
+        unknown = sorted(set(self.cluster) - set(CLUSTER_JOBS))
+        if unknown or self.job not in CLUSTER_JOBS:
+            raise UserError('%s: job %s: main.py runs the tasks chief, worker and ps' % (
+                source, ', '.join(unknown) or repr(self.job)))
         if not self.cluster.get('ps') or not self.replica_jobs:
             raise UserError('%s: a cluster needs at least one ps task and one worker task: %s' % (
                 source, json.dumps(self.cluster)))
@@ -443,49 +420,6 @@ class ClusterTask:
 
     def __str__(self):
         return '%s %d of the cluster (%s)' % (self.job, self.index, self.address)
-
-
-def cluster_task():
-    """This process's ClusterTask, from TF_CONFIG or from --ps_hosts, --worker_hosts, --job_name and --task_index;
-    None when neither describes a cluster (training in one process)."""
-    from_flags = FLAGS.ps_hosts or FLAGS.worker_hosts or FLAGS.job_name
-    if os.environ.get('TF_CONFIG') and from_flags:
-        raise UserError('both TF_CONFIG and --ps_hosts/--worker_hosts/--job_name describe a cluster: use one')
-    if os.environ.get('TF_CONFIG'):
-        return task_from_tf_config(os.environ['TF_CONFIG'])
-    if not from_flags:
-        return None
-    if not (FLAGS.ps_hosts and FLAGS.worker_hosts and FLAGS.job_name):
-        raise UserError('a cluster needs --ps_hosts, --worker_hosts and --job_name (given: %s)' % ', '.join(
-            '--%s' % name for name in ('ps_hosts', 'worker_hosts', 'job_name') if FLAGS[name].value))
-    if FLAGS.job_name not in ('ps', 'worker'):
-        raise UserError('--job_name=%s: must be ps or worker' % FLAGS.job_name)
-    return ClusterTask({'ps': FLAGS.ps_hosts, 'worker': FLAGS.worker_hosts}, FLAGS.job_name, FLAGS.task_index,
-                       '--ps_hosts, --worker_hosts, --job_name, --task_index')
-
-
-def addresses_list(addresses, job):
-    """A TF_CONFIG job's addresses: a list of "host:port" strings, else a ValueError naming the job."""
-    if not isinstance(addresses, list) or not all(isinstance(address, str) for address in addresses):
-        raise ValueError('job %s: %s is not a list of "host:port" strings' % (job, json.dumps(addresses)))
-    return addresses
-
-
-def task_from_tf_config(text):
-    """The ClusterTask of a TF_CONFIG value: {"cluster": {"ps": [...], "worker": [...], "chief": [...]},
-    "task": {"type": "worker", "index": 0}}."""
-    try:
-        config = json.loads(text)
-        cluster = {job: addresses_list(addresses, job) for job, addresses in config['cluster'].items()}
-        task = config['task']
-        job, index = task['type'], int(task.get('index', 0))
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise UserError('TF_CONFIG is not a cluster description {"cluster": {...}, "task": {"type": ..., "index": '
-                        '...}}: %s (%s: %s)' % (text[:200], type(error).__name__, error))
-    unknown = sorted(set(cluster) - set(CLUSTER_JOBS))
-    if unknown:
-        raise UserError('TF_CONFIG: job(s) %s: main.py runs the tasks chief, worker and ps' % ', '.join(unknown))
-    return ClusterTask(cluster, job, index, 'TF_CONFIG')
 
 
 # --- files -------------------------------------------------------------------
@@ -528,6 +462,33 @@ def current_umask():
     return mask
 
 
+def check_writable(directory, where):
+    """A folder to write into, made when needed: refused, naming `where` (the flag at fault), when it is not a
+    folder, or cannot be made because a folder above it is a file, or this user may not write there. Makes nothing."""
+    existing = os.path.abspath(directory)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError('%s: %s is a file, not a folder' % (where, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError('%s: no permission to %s %s' % (
+            where, 'write in' if existing == os.path.abspath(directory) else 'create folders in', existing))
+
+
+def read_record(path):
+    """The content of a JSON record file (architecture.json, best.json, model.json, cluster.json), or None where
+    there is none; one that cannot be read or parsed is a UserError naming it."""
+    try:
+        with open(path, encoding='utf-8') as file:
+            return json.load(file)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise UserError('%s cannot be read (%s)' % (path, error.strerror))
+    except ValueError as error:
+        raise UserError('%s is damaged: not a JSON record (%s)' % (path, error))
+
+
 class OutputFile:
     """A file that a command writes when its work is done (infer's results), checked before the work starts, so
     that nothing is read in vain. A plain file (or a new one) is replaced atomically and keeps its mode; a link
@@ -555,19 +516,13 @@ class OutputFile:
             raise UserError('%s is neither a file, a character device nor a FIFO: name a file to write' % self.flag)
 
     def check_folder(self):
-        """The folder must exist and take a new file (a temporary one is made and removed)."""
+        """The folder must exist and take a new file."""
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
             raise UserError('%s: no such folder %s' % (self.flag, folder))
         if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
             raise UserError('%s cannot be written (no write permission)' % self.flag)
-        try:
-            handle, trial = tempfile.mkstemp(prefix='.%s.' % os.path.basename(self.path), suffix='.tmp', dir=folder)
-        except OSError as error:
-            raise UserError('%s cannot be written: no file can be made in %s (%s)' % (self.flag, folder,
-                                                                                     error.strerror))
-        os.close(handle)
-        os.remove(trial)
+        check_writable(folder, self.flag)
 
     def open_stream(self, path, fifo):
         """The device or FIFO, open for writing; a FIFO that no process reads is refused (writing would wait)."""
@@ -658,6 +613,188 @@ class Progress:
             return '%d s' % round(seconds)
         minutes = round(seconds / 60)
         return '%d min' % minutes if minutes < 60 else '%d h %02d min' % divmod(minutes, 60)
+
+# --- the model folder ----------------------------------------------------------
+
+class ModelFolder:
+    """All that a checkpoint_dir (or an export) holds: architecture.json; the rolling checkpoints `ocr-model-<step>`
+    (an export: `ocr-model`); best/ with the best validated model and best.json (its step, accuracy and CER);
+    model.json, the record an export keeps; cluster.json, the cluster that trained it; training.lock, which a
+    training holds; and what a killed training leaves behind."""
+    ARCHITECTURE = 'architecture.json'
+    CHECKPOINT_PREFIX = 'ocr-model'
+    BEST = 'best'
+    BEST_RECORD = 'best.json'
+    EXPORT_RECORD = 'model.json'
+    CLUSTER = 'cluster.json'
+    LOCK = 'training.lock'
+    LEFTOVERS = re.compile(r'.*\.tempstate\d*|.*\.meta\.tmp.*|checkpoint\.tmp.*|\..*\.tmp|.*_temp')
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.best_dir = os.path.join(directory, self.BEST)
+        self.checkpoint_prefix = os.path.join(directory, self.CHECKPOINT_PREFIX)
+
+    def path(self, name):
+        return os.path.join(self.directory, name)
+
+    def architecture(self):
+        """The saved Architecture, or None when there is none."""
+        path = self.path(self.ARCHITECTURE)
+        record = read_record(path)
+        if record is None:
+            return None
+        try:
+            arch = Architecture(**record)
+        except TypeError as error:
+            raise UserError('%s is not a valid architecture file of this version (%s)' % (path, error))
+        check_architecture(arch, path)
+        return arch
+
+    def save_architecture(self, arch):
+        os.makedirs(self.directory, exist_ok=True)
+        self.save_record(self.ARCHITECTURE, arch._asdict())
+
+    def save_record(self, name, record):
+        write_atomically(self.path(name), json.dumps(record, indent=2) + '\n')
+
+    def steps(self, folder):
+        """{step: checkpoint path} of the complete checkpoints (index written) in a folder."""
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        found = [re.fullmatch(r'%s-(\d+)\.index' % self.CHECKPOINT_PREFIX, name) for name in names]
+        return {int(match.group(1)): os.path.join(folder, match.group(0)[:-len('.index')])
+                for match in found if match}
+
+    def newest_rolling(self):
+        """The newest rolling checkpoint (an export's one checkpoint), or None."""
+        steps = self.steps(self.directory)
+        if steps:
+            return steps[max(steps)]
+        return self.checkpoint_prefix if os.path.isfile(self.checkpoint_prefix + '.index') else None
+
+    def best(self):
+        """The best validated checkpoint and its record {step, accuracy, cer}, or (None, None). best.json names
+        it; without a readable best.json, the newest checkpoint of best/ is used, its accuracy unknown."""
+        steps = self.steps(self.best_dir)
+        if not steps:
+            return None, None
+        record_path = os.path.join(self.best_dir, self.BEST_RECORD)
+        try:
+            record = read_record(record_path) or {}
+            record = {'step': int(record['step']), 'accuracy': float(record['accuracy']), 'cer': float(record['cer'])}
+            if record['step'] in steps:
+                return steps[record['step']], record
+            problem = 'its checkpoint of step %d is missing' % record['step']
+        except (UserError, ValueError, KeyError, TypeError) as error:
+            problem = error
+        path = steps[max(steps)]
+        log.warning('warning: %s is missing or damaged (%s); %s is used, its accuracy unknown', record_path,
+                    problem, path)
+        return path, {'step': max(steps), 'accuracy': -1.0, 'cer': float('inf')}
+
+    def newest(self):
+        """The newest checkpoint of the folder, rolling or best (a training killed between a validation and the
+        next save has only its best): a checkpoint and its record (None for a rolling one), or (None, None)."""
+        latest, (best, record) = self.newest_rolling(), self.best()
+        if best and (latest is None or record['step'] >= checkpoint_step(latest)):
+            return best, record
+        return latest, None
+
+    def holds_model(self):
+        return bool(self.newest()[0])
+
+    def chosen(self, which):
+        """The checkpoint --checkpoint chooses and its record: the best validated one (`best`; the newest when none
+        was validated) or the newest (`latest`); (None, None) when there is none."""
+        best, record = self.best()
+        return (best, record) if which == 'best' and best else self.newest()
+
+    def save_best_record(self, record):
+        """Writes best.json, which makes its step's checkpoint the best, then removes the other checkpoints of
+        best/ (a training killed between the two leaves them for remove_leftovers)."""
+        write_atomically(os.path.join(self.best_dir, self.BEST_RECORD), json.dumps(record, indent=2))
+        self.remove_superseded()
+
+    def remove_superseded(self):
+        """Removes the files of the checkpoints of best/ that best.json does not name; returns their names."""
+        best, record = self.best()
+        keep = os.path.basename(best) + '.' if best and record['accuracy'] >= 0 else None
+        removed = []
+        for name in os.listdir(self.best_dir) if keep else []:
+            if name.startswith(self.CHECKPOINT_PREFIX + '-') and not name.startswith(keep):
+                os.remove(os.path.join(self.best_dir, name))
+                removed.append(os.path.join(self.BEST, name))
+        return removed
+
+    def remove_model(self):
+        """Removes the model a training is about to replace (--overwrite): its checkpoints, best/ and records."""
+        for name in os.listdir(self.directory):
+            if name.startswith(self.CHECKPOINT_PREFIX) or name in (self.BEST, self.ARCHITECTURE, self.CLUSTER,
+                                                                  self.EXPORT_RECORD, 'checkpoint'):
+                remove_path(self.path(name))
+        log.info('removed the model in %s (--overwrite)', self.directory)
+
+    def check_not_in_use(self):
+        """A folder a live training holds is a UserError that names the holder (checked before a training starts)."""
+        if os.path.lexists(self.path(self.LOCK)):
+            with self.locked():
+                pass
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds the folder for one training: an OS lock (flock) on training.lock, which names its holder for the
+        messages. The OS lets it go when the process ends, however it ends: there is no stale lock to take over."""
+        os.makedirs(self.directory, exist_ok=True)
+        path = self.path(self.LOCK)
+        try:
+            lock = open(path, 'a+')
+        except OSError as error:
+            raise UserError('%s cannot be opened as a lock file (%s)' % (path, error.strerror))
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                raise UserError('--checkpoint_dir=%s is in use by another training (%s): wait for it to end, or '
+                                'choose another --checkpoint_dir' % (self.directory, lock.read().strip() or 'starting'))
+            lock.truncate(0)
+            lock.write('process %d on %s\n' % (os.getpid(), socket.gethostname()))
+            lock.flush()
+            yield
+
+
+def remove_leftovers(model_folder):
+    """Removes what a killed training leaves in a ModelFolder: partly written files (TensorFlow's .tempstate,
+    .meta.tmp and checkpoint.tmp, this tool's .tmp) and the data files of checkpoints whose index was never
+    written."""
+    removed = []
+    for directory in (model_folder.directory, model_folder.best_dir):
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        for name in names:
+            orphan = re.fullmatch(r'(%s-\d+)\.data-\d+-of-\d+' % ModelFolder.CHECKPOINT_PREFIX, name)
+            if ModelFolder.LEFTOVERS.fullmatch(name) or (orphan and orphan.group(1) + '.index' not in names):
+                remove_path(os.path.join(directory, name))
+                removed.append(os.path.relpath(os.path.join(directory, name), model_folder.directory))
+    removed += model_folder.remove_superseded()
+    if removed:
+        log.warning('warning: removed what an interrupted training left in %s: %s', model_folder.directory,
+                    ', '.join(shorten(removed)))
+
+
+def checkpoint_step(path):
+    """The step of a rolling checkpoint's path, 0 for an export's."""
+    match = re.search(r'-(\d+)$', path)
+    return int(match.group(1)) if match else 0
+
+
+def remove_path(path):
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def folder_size(directory):
+    """The bytes of every file in a folder and the folders below it."""
+    return sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(directory)
+               for name in names)
 
 
 # --- charset -----------------------------------------------------------------
@@ -797,10 +934,14 @@ def opaque_uint8(image):
 
 def stored_size(data):
     """The pixel count an image file's header gives (0 where Pillow cannot tell), before anything is decoded: a
-    small file may decode to gigabytes."""
+    small file may decode to gigabytes. Pillow's own bound (a warning, then an error) gives way to MAX_IMAGE_PIXELS."""
     try:
-        with PIL.Image.open(io.BytesIO(data.tobytes())) as image:
-            return image.width * image.height
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(io.BytesIO(data.tobytes())) as image:
+                return image.width * image.height
+    except PIL.Image.DecompressionBombError:
+        return math.inf
     except Exception:  # noqa: BLE001  (any file Pillow cannot parse is left to OpenCV)
         return 0
 
@@ -812,15 +953,16 @@ def read_image(path, height, width, channels):
     # JPEG: decoded as OpenCV does by default, turned by its EXIF orientation; others (PNG, BMP...) as stored,
     # alpha and depth included, for opaque_uint8.
     jpeg = data[:2].tobytes() == b'\xff\xd8'
-    flags = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if jpeg else cv2.IMREAD_UNCHANGED
+    decoding = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if jpeg else cv2.IMREAD_UNCHANGED
     size = stored_size(data)
     try:
-        image = cv2.imdecode(data, flags) if data.size and size <= MAX_IMAGE_PIXELS else None
+        image = cv2.imdecode(data, decoding) if data.size and size <= MAX_IMAGE_PIXELS else None
     except cv2.error:
         image = None
     if image is None:
-        log.warning('warning: cannot read image %s%s', printable_name(path), ' (%d pixels: at most %d are read)' % (
-            size, MAX_IMAGE_PIXELS) if size > MAX_IMAGE_PIXELS else '')
+        log.warning('warning: cannot read image %s%s', printable_name(path), ' (%s: at most %d pixels are read)' % (
+            '%d pixels' % size if size < math.inf else 'more pixels than Pillow opens', MAX_IMAGE_PIXELS)
+            if size > MAX_IMAGE_PIXELS else '')
         return np.zeros((height, width, channels), np.uint8), False
     image = opaque_uint8(image)
     if channels == 1 and image.ndim == 3:
@@ -832,68 +974,6 @@ def read_image(path, height, width, channels):
     return image.reshape(height, width, channels), True
 
 
-def decode_image_bytes(encoded, height, width, channels):
-    """One encoded image (string scalar: PNG, JPEG, BMP, GIF's first frame) -> uint8 [height, width, channels],
-    read_image in TensorFlow ops for a served model: more than MAX_IMAGE_PIXELS is an error before decoding;
-    transparency over a paper that contrasts with the opaque pixels, grey by the same weights as OpenCV, area
-    resizing to shrink and bilinear to enlarge."""
-    def with_alpha(rgb):                                                                      # [h, w, 3] -> [h, w, 4]
-        return tf.concat([rgb, tf.fill(tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8))], 2)
-
-    gif = tf.equal(tf.strings.substr(encoded, 0, 3), 'GIF')
-    with tf.control_dependencies([tf.debugging.assert_less_equal(
-            header_pixels(encoded, gif), tf.constant(MAX_IMAGE_PIXELS, tf.int64), message='image too large')]):
-        rgba = tf.case([(tf.io.is_jpeg(encoded), lambda: with_alpha(tf.io.decode_jpeg(encoded, channels=3))),
-                        (gif, lambda: with_alpha(tf.io.decode_gif(encoded)[0]))],
-                       default=lambda: tf.io.decode_image(encoded, channels=4, expand_animations=False))  # [h, w, 4]
-    colour, alpha = tf.cast(rgba[..., :3], tf.float32), tf.cast(rgba[..., 3:], tf.float32) / 255
-    opaque = alpha[..., 0] > 0.5
-    ink = tf.reduce_mean(tf.boolean_mask(colour, opaque))
-    paper = tf.where(tf.logical_or(tf.logical_not(tf.reduce_any(opaque)), ink < 128), 255.0, 0.0)
-    image = colour * alpha + paper * (1 - alpha)                                            # [h, w, 3] RGB
-    if channels == 1:
-        image = tf.reduce_sum(image * [0.299, 0.587, 0.114], axis=2, keepdims=True)         # [h, w, 1]
-    else:
-        image = image[..., ::-1]                                                            # BGR, as OpenCV
-    image = tf.round(image)
-    shrink = tf.logical_or(tf.shape(image)[0] > height, tf.shape(image)[1] > width)
-    image = tf.cond(shrink, lambda: tf.image.resize(image, [height, width], method='area'),
-                    lambda: tf.image.resize(image, [height, width], method='bilinear'))
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
-def header_pixels(encoded, gif):
-    """The pixel count in an encoded image's header (JPEG, GIF, PNG or BMP), read without decoding it."""
-    def number(offset, size, big_endian):
-        data = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, offset, size), tf.uint8), tf.int64)
-        weights = [256 ** i for i in (reversed(range(size)) if big_endian else range(size))]
-        return tf.reduce_sum(data * tf.constant(weights, tf.int64))
-
-    def jpeg():
-        return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))
-
-    png = tf.equal(tf.strings.substr(encoded, 0, 4), b'\x89PNG')
-    bmp_height = number(22, 4, False)
-    return tf.case([(tf.io.is_jpeg(encoded), jpeg),
-                    (gif, lambda: number(6, 2, False) * number(8, 2, False)),
-                    (png, lambda: number(16, 4, True) * number(20, 4, True))],
-                   default=lambda: number(18, 4, False) * tf.minimum(bmp_height, 2 ** 32 - bmp_height))
-
-
-def decode_image_batch(image_bytes, height, width, channels):
-    """Encoded images [n] -> (images [k, h, w, c] of the k that decode, then one blank image; where [n], each
-    image's row in images, -1 for one that does not decode): a bad image among good ones does not fail the
-    batch."""
-    count = tf.size(image_bytes, out_type=tf.int64)
-    decoded = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes)).map(
-        lambda index, encoded: (index, decode_image_bytes(encoded, height, width, channels))).ignore_errors()
-    blank = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.zeros([height, width, channels], tf.uint8)))
-    indices, images = decoded.concatenate(blank).batch(count + 1).get_single_element()      # [k + 1], [k + 1, ...]
-    rows = tf.range(tf.size(indices, out_type=tf.int64) - 1)
-    where = tf.scatter_nd(indices[:-1, None], rows + 1, [count]) - 1                          # [n]
-    return images, where
-
-
 class LabelledImages:
     """The images of a data set by number: paths and labels held in Python, each image decoded when asked for.
 
@@ -902,7 +982,7 @@ class LabelledImages:
     unreadable is not read (nor warned about) again; once every image is, reading raises NO_READABLE_IMAGES.
     """
 
-    def __init__(self, paths, labels, charset, shape, cache_bytes):
+    def __init__(self, paths, labels, charset, shape, cache_bytes=CACHE_BYTES):
         self.paths, self.shape = paths, shape
         self.labels = labels if labels is not None else [''] * len(paths)
         self.label_ids = np.full((len(self.labels), max(1, max(len(label) for label in self.labels))), -1, np.int32)
@@ -940,114 +1020,6 @@ class LabelledImages:
         images, ok = zip(*[self.image(index) for index in indices])
         return (np.stack(images), np.array(ok), np.array([os.fsencode(self.paths[index]) for index in indices], object),
                 np.array([self.labels[index].encode() for index in indices], object), self.label_ids[indices])
-
-
-def image_dataset(paths, labels, charset, batch_size, shape, shuffle=False, seed=0, repeat=1,
-                  keep_unreadable=False, cache_bytes=CACHE_BYTES, augment=False, flag_name=None):
-    """A streaming pipeline of batches {images uint8 [b, h, w, c], labels [b], label_ids [b, n], paths [b], ok [b]}.
-
-    The graph holds image numbers (shuffled as the names themselves would be), never the names, which TensorFlow
-    would copy at every graph optimisation and checkpoint; a batch of numbers is read in one Python call
-    (LabelledImages: decoded images cached when they fit in cache_bytes), batches in parallel. Unreadable images
-    are dropped (with a warning) unless keep_unreadable, when they come as zeros with ok False. The last batch is
-    kept even when partial. With augment, every batch goes through augment_images (for training only). With
-    flag_name (the folder's flag), a folder of which not one image can be read is a UserError now.
-    """
-    images = LabelledImages(paths, labels, charset, shape, cache_bytes)
-    if flag_name:
-        images.check_readable(flag_name)
-
-    def read(indices):
-        outputs = tf.numpy_function(images.read, [indices], [tf.uint8, tf.bool, tf.string, tf.string, tf.int32],
-                                    stateful=False)
-        shapes = [[None, *shape], [None], [None], [None], [None, images.label_ids.shape[1]]]
-        for tensor, tensor_shape in zip(outputs, shapes):
-            tensor.set_shape(tensor_shape)
-        return dict(zip(['images', 'ok', 'paths', 'labels', 'label_ids'], outputs))
-
-    dataset = tf.data.Dataset.range(len(paths))
-    if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat(repeat).batch(batch_size)
-    dataset = dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-    if not keep_unreadable:
-        dataset = dataset.filter(lambda image: image['ok'])
-    dataset = dataset.batch(batch_size)
-    if augment:
-        dataset = dataset.map(lambda batch: dict(batch, images=augment_images(batch['images'])),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-# --- augmentation ------------------------------------------------------------
-# Each change is drawn per image and left out for a random share of them; AUGMENTED_SHARE of the images are
-# changed at all, so that the model also keeps seeing images as they are.
-
-AUGMENTED_SHARE = 0.8
-
-def per_image(batch_size, low, high, share, neutral=0.0):
-    """[batch_size] values uniform in [low, high); a random (1 - share) of them `neutral` (no change)."""
-    values = tf.random.uniform([batch_size], low, high)
-    return tf.where(tf.random.uniform([batch_size]) < share, values, neutral)
-
-
-def warp_transforms(batch_size, height, width):
-    """[batch_size, 8] projective maps (output pixel -> input pixel, ImageProjectiveTransformV3's form) of a random
-    rotation, shear, scale, shift and perspective about the image centre."""
-    angle = per_image(batch_size, -0.1, 0.1, 0.7)                        # radians, about 6 degrees either way
-    shear = per_image(batch_size, -0.3, 0.3, 0.5)
-    scale_x = per_image(batch_size, 0.8, 1.05, 0.6, neutral=1.0)
-    scale_y = per_image(batch_size, 0.8, 1.05, 0.6, neutral=1.0)
-    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
-    shift_x = centre_x + per_image(batch_size, -0.03, 0.03, 0.5) * width
-    shift_y = centre_y + per_image(batch_size, -0.06, 0.06, 0.5) * height
-    tilt_x = per_image(batch_size, -0.3, 0.3, 0.3) / width               # perspective: up to 30% across the image
-    tilt_y = per_image(batch_size, -0.3, 0.3, 0.3) / height
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    # centred coordinates (u, v) -> input: (m00 u + m01 v, m10 u + m11 v) / (1 + tilt_x u + tilt_y v) + shift
-    m00, m01 = cos / scale_x, (cos * shear - sin) / scale_y
-    m10, m11 = sin / scale_x, (sin * shear + cos) / scale_y
-    norm = 1 - tilt_x * centre_x - tilt_y * centre_y                       # the same map in uncentred pixels
-    return tf.stack([(m00 + shift_x * tilt_x) / norm, (m01 + shift_x * tilt_y) / norm,
-                     (shift_x * norm - m00 * centre_x - m01 * centre_y) / norm,
-                     (m10 + shift_y * tilt_x) / norm, (m11 + shift_y * tilt_y) / norm,
-                     (shift_y * norm - m10 * centre_x - m11 * centre_y) / norm,
-                     tilt_x / norm, tilt_y / norm], axis=1)                # [b, 8]
-
-
-def choose(condition, changed, unchanged):
-    """Per image [b] of a batch of images [b, h, w, c]: changed where condition, else unchanged."""
-    return tf.where(condition[:, None, None, None], changed, unchanged)
-
-
-def augment_images(images):
-    """uint8 images [b, h, w, c] -> uint8 [b, h, w, c], each randomly changed as text images of other sources
-    differ: thicker or thinner strokes, a projective warp (rotation, shear, scale, shift, perspective; edges
-    extended), blur, contrast, brightness and colour, pixel noise."""
-    batch_size, height, width, channels = tf.shape(images)[0], images.shape[1], images.shape[2], images.shape[3]
-    pixels = tf.cast(images, tf.float32) / 255                                          # [b, h, w, c]
-    stroke = tf.random.uniform([batch_size])
-    darker = -tf.nn.max_pool2d(-pixels, 2, 1, 'SAME')                                   # dark strokes thicker
-    lighter = tf.nn.max_pool2d(pixels, 2, 1, 'SAME')                                    # light strokes thicker
-    pixels = choose(stroke < 0.2, darker, choose(stroke > 0.8, lighter, pixels))
-    pixels = tf.raw_ops.ImageProjectiveTransformV3(
-        images=pixels, transforms=warp_transforms(batch_size, height, width), output_shape=[height, width],
-        fill_value=0.0, interpolation='BILINEAR', fill_mode='NEAREST')
-    kernel = (tf.constant([1, 2, 1], tf.float32)[:, None] * [1, 2, 1] / 16)[..., None, None]          # [3, 3, 1, 1]
-    blurred = tf.nn.depthwise_conv2d(pixels, tf.tile(kernel, [1, 1, channels, 1]), [1, 1, 1, 1], 'SAME')
-    blur = per_image(batch_size, 0.3, 1.0, 0.3)[:, None, None, None]
-    pixels += blur * (blurred - pixels)
-    brightness = per_image(batch_size, -0.15, 0.15, 0.5)[:, None, None, None]
-    gain = tf.where(tf.random.uniform([batch_size, 1, 1, 1]) < 0.5,
-                    tf.random.uniform([batch_size, 1, 1, channels], 0.8, 1.2), 1.0)       # colour (grey: level)
-    pixels = tf.clip_by_value((pixels + brightness) * gain, 0, 1)
-    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
-    contrast = per_image(batch_size, 0.15, 1.2, 0.5, neutral=1.0)[:, None, None, None]   # down to faint text
-    pixels = mean + (pixels - mean) * contrast                             # after the clip: fading keeps the text
-    noise = per_image(batch_size, 0.01, 0.06, 0.3)[:, None, None, None]
-    pixels += noise * tf.random.normal(tf.shape(pixels))
-    augmented = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 1) * 255), tf.uint8)
-    return choose(tf.random.uniform([batch_size]) < AUGMENTED_SHARE, augmented, images)
 
 
 # --- metrics -----------------------------------------------------------------

@@ -17,6 +17,7 @@ import tensorflow as tf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import cnn_lstm_otc_ocr as ocr  # noqa: E402
+import utils  # noqa: E402
 
 CELLS = ['lstm', 'gru', 'hlstm', 'rhn', 'nlstm']
 MODEL_FLAGS = {'image_height': 32, 'image_width': 96, 'max_stepsize': 12, 'image_channel': 1}
@@ -38,12 +39,12 @@ def make_data(work_dir, train_images, val_images):
 
 
 def parameters(cell, bidirectional):
-    arch = ocr.Architecture(charset='0123456789+-*()', cnn_count=4, out_channels=64, num_hidden=128,
+    arch = utils.Architecture(charset='0123456789+-*()', cnn_count=4, out_channels=64, num_hidden=128,
                             leakiness=0.01, rnn_cell=cell, rnn_layers=2, bidirectional=bidirectional, rhn_depth=3,
                             **MODEL_FLAGS)
     with tf.Graph().as_default():
         images = tf.compat.v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, 1])
-        ocr.LSTMOCR('infer', arch).logits(images)
+        ocr.Recogniser('infer', arch).logits(images)
         return sum(v.shape.num_elements() for v in tf.compat.v1.trainable_variables())
 
 

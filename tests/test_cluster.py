@@ -14,11 +14,10 @@ import pytest
 import tensorflow as tf
 
 import cnn_lstm_otc_ocr as ocr
+import main
 import utils
 from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, folders, run_cli, wait_for
 from test_towers import HYPERPARAMETERS, SMALL, TWO_CPUS
-
-pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
 
 v1 = tf.compat.v1
 SGD = HYPERPARAMETERS._replace(optimizer='momentum', momentum=0.0, initial_learning_rate=1.0)  # update = -gradient
@@ -47,34 +46,33 @@ def test_the_cluster_comes_from_tf_config_or_the_flags(flags, monkeypatch):
     cluster = {'ps': ['ps0:2222'], 'chief': ['chief:2222'], 'worker': ['w0:2222', 'w1:2222']}
     monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': 1}}))
     flags()
-    task = utils.cluster_task()
+    task = main.cluster_task()
     assert (task.device, task.is_chief, task.replicas, task.replica_index) == ('/job:worker/task:1', False, 3, 2)
     monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': cluster, 'task': {'type': 'chief', 'index': 0}}))
-    assert utils.cluster_task().is_chief and utils.cluster_task().replica_index == 0
+    assert main.cluster_task().is_chief and main.cluster_task().replica_index == 0
     monkeypatch.delenv('TF_CONFIG')
     flags('--ps_hosts=a:1', '--worker_hosts=b:2,c:3', '--job_name=worker', '--task_index=0')
-    task = utils.cluster_task()
+    task = main.cluster_task()
     assert (task.address, task.is_chief, task.replicas) == ('b:2', True, 2)
     flags()
-    assert utils.cluster_task() is None
+    assert main.cluster_task() is None
 
 
 @pytest.mark.parametrize('tf_config, arguments, message', [
     ('{"cluster": {"ps": ["a:1"]}', [], 'TF_CONFIG is not a cluster description'),
     ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "evaluator", "index": 0}}', [],
-     "task type 'evaluator'"),
+     "job 'evaluator': main.py runs the tasks chief, worker and ps"),
+    ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"], "evaluator": ["c:3"]}, "task": {"type": "ps", "index": 0}}', [],
+     'job evaluator: main.py runs the tasks chief, worker and ps'),
     ('{"cluster": {"worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}', [], 'at least one ps task'),
     ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 1}}', [],
      'task worker 1, but the cluster has 1 worker task'),
     ('{"cluster": {"ps": ["a"], "worker": ["b:2"]}, "task": {"type": "ps", "index": 0}}', [],
      "ps task address 'a': must be host:port"),
     ('{"cluster": {"ps": "a:1", "worker": ["b:2"]}, "task": {"type": "ps", "index": 0}}', [],
-     'job ps: "a:1" is not a list of "host:port" strings'),
-    ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "ps"}}', ['--job_name=ps'],
-     'both TF_CONFIG and --ps_hosts'),
-    ('', ['--ps_hosts=a:1', '--job_name=worker'], r'needs --ps_hosts, --worker_hosts and --job_name \(given: '
-                                                  r'--ps_hosts, --job_name\)'),
-    ('', ['--ps_hosts=a:1', '--worker_hosts=b:2', '--job_name=chief'], '--job_name=chief: must be ps or worker'),
+     "tasks for job 'ps' must be a list"),
+    ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "ps"}}',
+     ['--ps_hosts=a:1', '--worker_hosts=b:2', '--job_name=ps'], 'both TF_CONFIG and --ps_hosts'),
     ('', ['--ps_hosts=a:1', '--worker_hosts=b:2', '--job_name=worker', '--task_index=2'],
      'task worker 2, but the cluster has 1 worker task'),
 ])
@@ -82,7 +80,17 @@ def test_a_cluster_that_cannot_work_is_refused_by_name(flags, monkeypatch, tf_co
     monkeypatch.setenv('TF_CONFIG', tf_config)
     flags(*arguments)
     with pytest.raises(utils.UserError, match=message):
-        utils.cluster_task()
+        main.cluster_task()
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--ps_hosts=a:1', '--job_name=worker'], 'flags ps_hosts=.*: a cluster needs --ps_hosts, --worker_hosts and '
+                                              '--job_name'),
+    (['--ps_hosts=a:1', '--worker_hosts=b:2', '--job_name=chief'], 'flag --job_name=chief: value should be one of'),
+])
+def test_cluster_flags_that_cannot_work_are_refused_as_they_are_parsed(flags, arguments, message):
+    with pytest.raises(utils.flags.IllegalFlagValueError, match=message):
+        flags(*arguments)
 
 
 def worker_graph(cluster, index, images, label_ids):
@@ -102,6 +110,7 @@ def worker_graph(cluster, index, images, label_ids):
     return graph, training, start, tokens, runner, devices, global_step
 
 
+@pytest.mark.slow
 def test_a_synchronous_step_of_two_workers_is_one_step_of_one_process_on_their_combined_batch():
     """Two workers of 4 images each against one process with two towers on the 8 (tower k: worker k's images,
     so that batch normalisation sees the same images): the same update, so the same mean gradient."""
@@ -220,6 +229,7 @@ def training_flags(dataset, *extra):
             *SMALL_MODEL_FLAGS, *folders(dataset), *extra]
 
 
+@pytest.mark.slow
 def test_a_ps_and_two_workers_train_to_max_steps_a_killed_worker_rejoins_and_all_exit(dataset):
     """TF_CONFIG with a chief task and a worker task (the two workers) and a ps task; the worker is killed and
     started again. The worker gets its own --checkpoint_dir and --log_dir, to show that it writes nothing."""
@@ -246,6 +256,7 @@ def test_a_ps_and_two_workers_train_to_max_steps_a_killed_worker_rejoins_and_all
     assert result.returncode == 0 and result.stdout.strip().endswith('images=23'), result.stderr
 
 
+@pytest.mark.slow
 def test_a_port_in_use_and_an_unreachable_ps_end_in_clear_errors(dataset):
     ps, worker = ['127.0.0.1:%d' % port for port in free_ports(2)]
     with socket.socket() as holder:
@@ -261,6 +272,7 @@ def test_a_port_in_use_and_an_unreachable_ps_end_in_clear_errors(dataset):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_frozen_ps_task_or_an_address_that_is_no_tensorflow_server_ends_a_worker_after_the_timeout(dataset):
     """Each wait for another task is bounded by --cluster_timeout: a ps task stopped with SIGSTOP (its port still
     accepts connections) and a port held by a program that never answers end the chief's start in a clear error."""

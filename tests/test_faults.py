@@ -13,8 +13,6 @@ import pytest
 import utils
 from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, folders, run_cli, train, wait_for, write_text_images
 
-pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
-
 ROOT = os.geteuid() == 0  # permissions do not stop root: those cases are tried by other users only
 
 
@@ -25,20 +23,22 @@ def start_training(tmp_path, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_taken_over(dataset):
+@pytest.mark.slow
+def test_a_second_training_into_a_busy_folder_is_refused_and_a_killed_ones_folder_is_free(dataset):
     first = start_training(dataset, '--max_steps=100000')
     lock = dataset / 'checkpoint' / 'training.lock'
     wait_for(lambda: lock.exists() or first.poll() is not None)
     second = train(dataset, '--rnn_cell=gru')
-    assert second.returncode == 2 and 'is in use by another training (process %d' % first.pid in second.stderr
+    assert second.returncode == 2 and 'is in use by another training (process %d on ' % first.pid in second.stderr
     wait_for(lambda: (dataset / 'checkpoint' / 'checkpoint').exists())
     first.send_signal(signal.SIGKILL)
     first.wait()
     third = train(dataset, '--restore', '--max_steps=6')
     assert third.returncode == 0, third.stderr
-    assert 'taking over the lock of a training that is gone' in third.stderr and not lock.exists()
+    assert 'in use' not in third.stderr and 'process %d on ' % first.pid not in lock.read_text()
 
 
+@pytest.mark.slow
 def test_damaged_record_files_are_reported_and_worked_around(trained):
     tmp_path, _ = trained
     (tmp_path / 'checkpoint' / 'best' / 'best.json').write_text('')  # what kill -9 mid-write used to leave
@@ -48,9 +48,10 @@ def test_damaged_record_files_are_reported_and_worked_around(trained):
         assert 'best.json is missing or damaged' in result.stderr and 'Traceback' not in result.stderr
     (tmp_path / 'checkpoint' / 'architecture.json').write_text('{"image_height": ')
     result = run_cli('--mode=val', *folders(tmp_path))
-    assert result.returncode == 2 and 'architecture.json is not a valid architecture file' in result.stderr
+    assert result.returncode == 2 and 'architecture.json is damaged: not a JSON record' in result.stderr
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_training_are_removed_at_the_next_start(trained):
     tmp_path, _ = trained
     checkpoint = tmp_path / 'checkpoint'
@@ -65,6 +66,7 @@ def test_leftovers_of_a_killed_training_are_removed_at_the_next_start(trained):
     assert (checkpoint / 'ocr-model-4.data-00000-of-00001').exists()  # complete checkpoints stay
 
 
+@pytest.mark.slow
 def test_infer_output_is_checked_before_any_image_is_read(trained):
     tmp_path, _ = trained
     image = str(tmp_path / 'infer' / '3.png')
@@ -77,6 +79,7 @@ def test_infer_output_is_checked_before_any_image_is_read(trained):
     assert open(image, 'rb').read() == before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ROOT, reason='root may write anywhere')
 def test_read_only_output_and_model_folders_are_refused_at_start(trained):
     tmp_path, _ = trained
@@ -88,14 +91,16 @@ def test_read_only_output_and_model_folders_are_refused_at_start(trained):
     assert result.returncode == 2 and 'cannot be written' in result.stderr
 
 
+@pytest.mark.slow
 def test_a_model_folder_that_is_a_file_is_refused_at_start(dataset):
     (dataset / 'a_file').write_text('')
     result = train(dataset, '--checkpoint_dir=%s' % (dataset / 'a_file' / 'model'))
-    assert result.returncode == 2 and 'cannot be created' in result.stderr and 'Traceback' not in result.stderr
+    assert result.returncode == 2 and 'is a file, not a folder' in result.stderr and 'Traceback' not in result.stderr
     result = run_cli('--mode=infer', '--infer_dir=%s' % (dataset / 'a_file'), '--checkpoint_dir=imgs/model')
     assert result.returncode == 2 and 'a_file is a file, not a folder' in result.stderr
 
 
+@pytest.mark.slow
 def test_names_with_tabs_newlines_and_bytes_that_are_not_utf8_give_one_line_each(trained):
     tmp_path, _ = trained
     odd = tmp_path / 'odd'
@@ -111,6 +116,7 @@ def test_names_with_tabs_newlines_and_bytes_that_are_not_utf8_give_one_line_each
         ['tab\\there.png', 'new\\nline.png', 'back\\\\slash.png', 'bad\\xff.png'])
 
 
+@pytest.mark.slow
 def test_a_train_dir_of_unreadable_files_is_an_error_naming_it(dataset):
     for path in (dataset / 'train').iterdir():
         path.write_bytes(b'not an image')
@@ -120,6 +126,7 @@ def test_a_train_dir_of_unreadable_files_is_an_error_naming_it(dataset):
     assert 'finished' not in result.stdout and 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_fit_its_architecture_is_named(trained):
     tmp_path, _ = trained
     architecture = tmp_path / 'checkpoint' / 'architecture.json'
@@ -133,6 +140,7 @@ def test_a_model_that_does_not_fit_its_architecture_is_named(trained):
     assert result.returncode == 2 and 'has no architecture.json: give the flags it was trained with' in result.stderr
 
 
+@pytest.mark.slow
 def test_one_folder_for_training_and_validation_is_refused_by_helper_and_warned_by_main(dataset, tmp_path):
     labels = tmp_path / 'labels.txt'
     labels.write_text('1+2 3\n')
@@ -144,15 +152,17 @@ def test_one_folder_for_training_and_validation_is_refused_by_helper_and_warned_
     assert result.returncode == 0 and '--train_dir and --val_dir are the same folder' in result.stderr
 
 
-@pytest.mark.parametrize('text', ['1' + '+1' * 1000, '9' * 5000, '(' * 300 + '1' + ')' * 300])
-def test_expression_value_of_huge_inputs_is_none_or_a_number_never_an_error(text):
-    value = utils.expression_value(text)
-    assert value is None or value == 1001
+@pytest.mark.parametrize('text, value', [  # too long, too deep or too many digits to evaluate: None
+    ('1' + '+1' * 100, 101), ('(' * 50 + '2*3' + ')' * 50, 6), ('9' * 300, int('9' * 300)),
+    ('1' + '+1' * 1000, None), ('9' * 5000, None), ('(' * 300 + '1' + ')' * 300, None)])
+def test_expression_value_of_huge_inputs_is_its_value_or_none_never_an_error(text, value):
+    assert utils.expression_value(text) == value
 
 
 TENSORFLOW_LOG_LINE = re.compile(r'[IWEF]\d{4} \d\d:\d\d|WARNING: All log messages before absl')
 
 
+@pytest.mark.slow
 def test_start_up_prints_the_tools_messages_only(trained):
     tmp_path, _ = trained
     result = run_cli('--mode=val', *folders(tmp_path))  # as a user's shell has it: no log levels
@@ -176,6 +186,7 @@ KILL_MOMENTS = [('start-up', lambda folder, start: (folder / 'training.lock').ex
                 ('a later checkpoint saved', lambda folder, start: checkpoint_state(folder) not in (None, start))]
 
 
+@pytest.mark.slow
 def test_trainings_killed_at_chosen_moments_resume_and_their_folder_stays_readable(dataset):
     checkpoints = dataset / 'checkpoint'
     for moment, reached in KILL_MOMENTS:
@@ -194,6 +205,7 @@ def test_trainings_killed_at_chosen_moments_resume_and_their_folder_stays_readab
 
 # --- round two: outputs, signals, saves, unreadable data, sizes ------------------
 
+@pytest.mark.slow
 def test_infer_output_that_is_a_link_is_written_through_and_bad_ones_refused_before_reading(trained):
     tmp_path, _ = trained
     target, link = tmp_path / 'kept' / 'readings.txt', tmp_path / 'result-link.txt'
@@ -202,7 +214,7 @@ def test_infer_output_that_is_a_link_is_written_through_and_bad_ones_refused_bef
     result = run_cli('--mode=infer', *folders(tmp_path), '--infer_output=%s' % link)
     assert result.returncode == 0, result.stderr
     assert link.is_symlink() and len(target.read_text().splitlines()) == 11
-    for output, message in (('', '--infer_output is empty'), ('/proc/self/no-such-file', 'cannot be written'),
+    for output, message in (('', '--infer_output is empty'), ('/proc/self/no-such-file', 'no permission to write in'),
                             (str(tmp_path / 'infer'), 'is a folder')):
         result = run_cli('--mode=infer', *folders(tmp_path), '--infer_output=%s' % output)
         assert result.returncode == 2 and message in result.stderr, (output, result.stderr)
@@ -217,6 +229,7 @@ def read_line_with(process, text):
     raise AssertionError('%r never came; stderr: %s' % (text, process.stderr.read()))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_and_ends_like_ctrl_c(dataset):
     process = start_training(dataset, '--max_steps=100000')
     wait_for(lambda: checkpoint_state(dataset / 'checkpoint') is not None or process.poll() is not None)
@@ -225,9 +238,9 @@ def test_sigterm_saves_the_step_and_ends_like_ctrl_c(dataset):
     step = int(re.search(r'interrupted at step (\d+)', stdout).group(1))
     assert process.returncode == 0 and 'Traceback' not in stderr
     assert 'ocr-model-%d"' % step in checkpoint_state(dataset / 'checkpoint')
-    assert not (dataset / 'checkpoint' / 'training.lock').exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_reading_ends_quietly_and_writes_nothing(trained):
     tmp_path, _ = trained
     many = tmp_path / 'many'
@@ -242,6 +255,7 @@ def test_ctrl_c_while_reading_ends_quietly_and_writes_nothing(trained):
     assert 'Traceback' not in stderr and not (tmp_path / 'result.txt').exists()
 
 
+@pytest.mark.slow
 def test_a_training_killed_between_its_first_validation_and_first_save_resumes(dataset):
     process = start_training(dataset, '--max_steps=100000', '--save_steps=100000')
     best = dataset / 'checkpoint' / 'best' / 'best.json'
@@ -261,6 +275,7 @@ def copy_checkpoint(source_prefix, folder):
 
 @pytest.mark.parametrize('moment', ['best checkpoint saved, best.json not yet',
                                     'best.json saved, the old best not yet removed'])
+@pytest.mark.slow
 def test_a_kill_during_a_best_model_save_leaves_best_json_its_checkpoint_and_model_json_agreeing(trained, moment):
     tmp_path, _ = trained
     best = tmp_path / 'checkpoint' / 'best'
@@ -287,21 +302,16 @@ def test_a_kill_during_a_best_model_save_leaves_best_json_its_checkpoint_and_mod
 def test_a_failed_save_names_the_folder_and_where_restore_resumes(tmp_path):
     import main
     import tensorflow as tf
-    with tf.Graph().as_default():
-        tf.compat.v1.train.get_or_create_global_step()
-        keeper = main.Keeper(main.ModelFolder(str(tmp_path / 'checkpoint')))
-
-        def disk_full(*args, **kwargs):
+    folder = str(tmp_path / 'checkpoint')
+    with pytest.raises(utils.UserError) as error:
+        with main.save_errors(utils.ModelFolder(folder), 7, folder):
             raise tf.errors.ResourceExhaustedError(None, None, 'ocr-model-7.data: No space left on device\n'
                                                                'Hint: If you want to see a list of allocated tensors')
-        keeper.rolling.save = disk_full
-        with pytest.raises(utils.UserError) as error:
-            keeper.save(None, 7)
     assert str(error.value) == ('step 7: cannot save to %s: ocr-model-7.data: No space left on device. Make room '
-                                'there, then continue with --restore (nothing was saved yet: it starts again)' % (
-                                    tmp_path / 'checkpoint'))
+                                'there, then continue with --restore (nothing was saved yet: it starts again)' % folder)
 
 
+@pytest.mark.slow
 def test_unreadable_val_images_stop_training_before_anything_is_written(trained):
     tmp_path, _ = trained
     for path in (tmp_path / 'val').iterdir():
@@ -314,6 +324,7 @@ def test_unreadable_val_images_stop_training_before_anything_is_written(trained)
     assert not (fresh / 'architecture.json').exists()
 
 
+@pytest.mark.slow
 def test_damaged_architectures_and_checkpoints_are_named(trained):
     tmp_path, _ = trained
     checkpoint = tmp_path / 'checkpoint'
@@ -336,20 +347,34 @@ def test_damaged_architectures_and_checkpoints_are_named(trained):
     assert refused('cannot be read, its files are damaged or incomplete')
 
 
-def test_an_empty_lock_of_a_training_that_died_at_once_is_taken_over(dataset):
+@pytest.mark.slow
+def test_trainings_started_at_once_into_one_folder_one_trains_the_others_are_refused(dataset):
     lock = dataset / 'checkpoint' / 'training.lock'
     lock.parent.mkdir()
-    lock.write_text('')
-    os.utime(lock, (0, 0))
-    result = train(dataset)
-    assert result.returncode == 0 and 'taking over the lock of a training that is gone' in result.stderr
+    lock.write_text('process 1 on a machine long gone\n')  # a lock file that no process holds
+    starts = [start_training(dataset, '--max_steps=100000') for _ in range(3)]
+    wait_for(lambda: sum(process.poll() is not None for process in starts) == 2)
+    winner, = [process for process in starts if process.poll() is None]
+    for process in starts:
+        if process is not winner:
+            assert process.returncode == 2 and 'is in use by another training (process %d on ' % winner.pid in \
+                process.stderr.read()
+    winner.send_signal(signal.SIGTERM)
+    assert winner.wait(timeout=300) == 0
 
 
+def test_a_lock_that_cannot_be_opened_is_named(tmp_path):
+    (tmp_path / 'training.lock').mkdir()
+    with pytest.raises(utils.UserError, match='training.lock cannot be opened as a lock file'):
+        utils.ModelFolder(str(tmp_path)).check_not_in_use()
+
+
+@pytest.mark.slow
 def test_export_to_a_place_it_cannot_write_is_refused_by_name(trained):
     tmp_path, _ = trained
     image = next((tmp_path / 'infer').iterdir())
-    for export_dir, message in ((image / 'model', 'cannot be created: %s is a file' % image),
-                                ('/proc/self/model', 'cannot be')):
+    for export_dir, message in ((image / 'model', ': %s is a file, not a folder' % image),
+                                ('/proc/self/model', 'cannot be created|no permission to create folders in')):
         result = run_cli('--mode=export', '--export_dir=%s' % export_dir, *folders(tmp_path))
-        assert result.returncode == 2 and '--export_dir=%s %s' % (export_dir, message) in result.stderr, \
-            result.stderr
+        assert result.returncode == 2 and '--export_dir=%s' % export_dir in result.stderr, result.stderr
+        assert any(part in result.stderr for part in message.split('|')), result.stderr

@@ -2,6 +2,8 @@
 import os
 import random
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 import helper
 import utils
-from conftest import run_cli
+from conftest import REPO, run_cli
 from utils import UserError, expression_value, label_from_filename
 
 # Three single digits, two operators, parentheses around two adjacent numbers or none.
@@ -257,11 +259,11 @@ def test_synth_without_labels_in_names_makes_a_set_rename_reads(tmp_path):
     ({'text': 'random', 'charset': 'aa'}, r'repeats'),
     ({'text': 'random', 'charset': 'ab', 'min_len': 5, 'max_len': 4}, r'--min_len=5 --max_len=4'),
     ({'text': 'random', 'charset': 'ab', 'max_len': 400},
-     r'--max_len=400: at most 22 characters fit legibly in --image_width=180 \(8 pixels each\)'),
+     r'--max_len=400: at most 22 characters fit legibly in --synth_width=180 \(8 pixels each\)'),
     ({'text': 'random', 'charset': 'ab', 'min_len': 23, 'max_len': 23}, r'--max_len=23: at most 22 characters'),
     ({'text': 'random', 'charset': 'ab', 'max_len': 300, 'width': 4000},
      r'--max_len=300: file names <id>_<label>.png of 5 images hold labels of at most 249 characters'),
-    ({'height': 8}, r'--image_height=8'),
+    ({'height': 8}, r'--synth_height=8'),
 ])
 def test_synth_refuses_flags_it_cannot_honour(tmp_path, changes, message):
     with pytest.raises(UserError, match=message):
@@ -352,7 +354,7 @@ def test_cli_synth_draws_the_clutter_under_the_text_when_asked(tmp_path):
 @pytest.mark.parametrize('flags, message', [
     (['--mode=synth', '--out_dir={file}'], 'error: --out_dir={file}: {file} is a file, not a folder'),
     (['--mode=synth', '--text=random', '--max_len=400', '--out_dir={tmp}/out'],
-     'error: --max_len=400: at most 22 characters fit legibly in --image_width=180'),
+     'error: --max_len=400: at most 22 characters fit legibly in --synth_width=180'),
     (['--labels_file={tmp}/labels.txt', '--images_dir={tmp}/contest', '--train_size=3', '--train_dir={tmp}/train',
       '--val_dir={file}/val'], 'error: --val_dir={file}/val: {file} is a file, not a folder')])
 def test_cli_names_the_flag_that_cannot_be_honoured_before_writing(tmp_path, flags, message):
@@ -523,3 +525,15 @@ def test_cli_synth_refuses_an_unknown_renderer_by_name(tmp_path):
                      script='helper.py')
     assert result.returncode == 2 and '--renderer=contest:2,pillow:1' in result.stderr
     assert not (tmp_path / 'out').exists()
+
+
+def test_helper_starts_without_tensorflow_and_lists_only_its_own_flags():
+    loaded = subprocess.run([sys.executable, '-c', 'import sys; sys.argv = ["helper.py"]; sys.path.insert(0, %r); '
+                             'import helper; print(sorted({"tensorflow", "cnn_lstm_otc_ocr"} & set(sys.modules)))'
+                             % REPO], capture_output=True, text=True)
+    assert loaded.stdout.strip() == '[]', loaded.stderr
+    shown = run_cli('--help', script='helper.py')
+    assert shown.returncode == 0 and '--synth_height' in shown.stdout and '--seed' in shown.stdout
+    assert '--batch_size' not in shown.stdout and '--checkpoint_dir' not in shown.stdout
+    refused = run_cli('--mode=synth', '--batch_size=8', script='helper.py')
+    assert refused.returncode == 2 and 'error: --batch_size: not a flag of helper.py' in refused.stderr

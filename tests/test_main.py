@@ -64,11 +64,18 @@ def test_restore_continues_the_global_step(trained):
 
 
 @pytest.mark.slow
-def test_training_again_without_restore_keeps_the_model(trained):
+def test_training_again_keeps_the_model_unless_told_to_overwrite_it(trained):
     tmp_path, _ = trained
     result = train(tmp_path)
     assert result.returncode == 2
-    assert 'already holds a trained model' in result.stderr and '--restore' in result.stderr
+    assert 'already holds a trained model' in result.stderr and '--overwrite' in result.stderr
+    (tmp_path / 'checkpoint' / 'ocr-model-3.index').rename(tmp_path / 'checkpoint' / 'ocr-model-3000.index')
+    result = train(tmp_path, '--overwrite', '--max_steps=2', '--validation_steps=1')
+    assert result.returncode == 0, result.stderr
+    assert 'step 1 epoch' in result.stdout and 'removed the model in' in result.stdout
+    assert sorted(name for name in os.listdir(tmp_path / 'checkpoint') if name.endswith('.index')) == [
+        'ocr-model-2.index']
+    assert json.loads((tmp_path / 'checkpoint' / 'best' / 'best.json').read_text())['step'] <= 2
 
 
 @pytest.mark.slow
@@ -136,23 +143,25 @@ def test_missing_and_empty_folders(dataset):
 @pytest.mark.slow
 @pytest.mark.parametrize('flag, message', [
     ('--num_gpus=64', '--num_gpus=64 but '),
-    ('--max_stepsze=20', 'unknown flags or arguments: --max_stepsze=20'),
-    ('--batch_size=0', '--batch_size=0: must be at least 1'),
-    ('--image_channel=2', '--image_channel=2: must be 1'),
-    ('--max_stepsize=500', '--max_stepsize=500: must be between 0 and --image_width=96'),
+    ('--max_stepsze=20', "error: Unknown command line flag 'max_stepsze'. Did you mean: max_steps, max_stepsize ?"),
+    ('--batch_size=0', 'error: flag --batch_size=0: 0 is not an integer in the range [1, 16384]'),
+    ('--image_channel=2', 'flag --image_channel=2: must be 1 (grey) or 3 (colour)'),
+    ('--max_stepsize=500', 'flags max_stepsize=500, image_width=96: must be between 0 and --image_width'),
     ('--mode=rename', '--mode=rename: main.py runs train, val, infer or export'),
     ('--precision=fp8', 'flag --precision=fp8: value should be one of <fp32|bf16|fp16>'),
     ('--seed=x', 'flag --seed=x: invalid literal'),
-    ('--lr_boundaries=abc', '--lr_boundaries=abc: must be step numbers'),
-    ('--decay_rate=-1', '--decay_rate=-1.0: must be more than 0 and at most 1'),
-    ('--beta1=2', '--beta1=2.0: must be at least 0 and at most 1'),
-    ('--leakiness=nan', '--leakiness=nan: must be at least 0 and at most 1 (a finite number)'),
-    ('--initial_learning_rate=inf', '--initial_learning_rate=inf: must be more than 0 (a finite number)'),
-    ('--clip_norm=-1', '--clip_norm=-1.0: must be at least 0'),
-    ('--export_formats=tflite,pdf', '--export_formats: unknown pdf (choose among saved_model,tflite,onnx)'),
+    ('--lr_boundaries=abc', "flag --lr_boundaries=['abc']: must be increasing step numbers"),
+    ('--decay_rate=-1', 'flag --decay_rate=-1: -1.0 is not a number in the range [0, 1]'),
+    ('--decay_rate=0', 'flag --decay_rate=0.0: must be more than 0'),
+    ('--leakiness=nan', 'flag --leakiness=nan: must be a finite number'),
+    ('--initial_learning_rate=inf', 'flag --initial_learning_rate=inf: must be a finite number'),
+    ('--clip_norm=-1', 'flag --clip_norm=-1: -1.0 is not a non-negative number'),
+    ('--export_formats=tflite,pdf', "flag --export_formats=['tflite', 'pdf']: must be among saved_model,tflite,onnx"),
+    ('--synth_height=60', 'error: --synth_height: not a flag of main.py'),
+    ('--restore --overwrite', 'flags restore=True, overwrite=True: --restore continues the model in checkpoint_dir'),
 ])
 def test_bad_flags_are_named(dataset, flag, message):
-    result = train(dataset, flag)
+    result = train(dataset, *flag.split())
     assert result.returncode == 2
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
@@ -393,7 +402,7 @@ def test_defaults_and_readmes_flag_set_of_the_original_project(dataset, extra, a
     saved = json.loads((dataset / 'checkpoint' / 'architecture.json').read_text())
     assert tuple(saved[name] for name in ('image_height', 'image_width', 'max_stepsize', 'rnn_cell',
                                           'bidirectional')) == architecture
-    assert ocr.time_steps(ocr.Architecture(**saved)) == steps
+    assert ocr.time_steps(utils.Architecture(**saved)) == steps
     for step, rate in zip((1, 4), rates):
         assert re.search(r'step %d epoch [\d.]+ loss [\d.]+ lr %s ' % (step, rate), result.stdout), result.stdout
 
@@ -431,3 +440,39 @@ def test_help_names_every_mode_and_the_flags_and_exits_0():
     assert result.returncode == 0 and result.stderr == ''
     assert all('--mode=%s' % mode in result.stdout for mode in ('train', 'val', 'infer', 'export'))
     assert '--batch_size: images per step' in result.stdout
+    assert '--synth_height' not in result.stdout and '--num_images' not in result.stdout  # helper.py's
+
+
+def test_a_damaged_model_json_of_an_export_is_named(tmp_path):
+    import main
+    shutil.copytree(os.path.join(REPO, 'imgs', 'model'), tmp_path / 'model')
+    (tmp_path / 'model' / 'model.json').write_text('{"step": 50')
+    folder = utils.ModelFolder(str(tmp_path / 'model'))
+    model = main.Model(folder, folder.architecture(), folder.newest_rolling(), None, 'from its architecture.json')
+    with pytest.raises(utils.UserError, match='model.json is damaged: not a JSON record'):
+        main.export_record(model)
+
+
+def test_a_failed_export_leaves_no_temporary_folder(tmp_path, flags, monkeypatch):
+    import main
+    flags('--export_dir=%s' % tmp_path, '--export_formats=saved_model')
+    folder = utils.ModelFolder(os.path.join(REPO, 'imgs', 'model'))
+    model = main.Model(folder, folder.architecture(), folder.newest_rolling(), None, 'from its architecture.json')
+
+    def converter_fails(*arguments):
+        os.makedirs(arguments[2])
+        raise ValueError('conversion failed')
+    monkeypatch.setattr(ocr, 'write_serving_model', converter_fails)
+    with pytest.raises(ValueError, match='conversion failed'):
+        main.write_formats(model, ['saved_model'])
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_cluster_task_that_is_gone_ends_the_task_at_once_with_code_1(caplog):
+    import main
+    task = utils.ClusterTask({'ps': ['a:1'], 'worker': ['b:2']}, 'worker', 0, 'test')
+    error = tf.errors.UnavailableError(None, None, 'Socket closed\nmore')
+    assert main.explain_op_error(error, task) == (1, True)
+    assert 'a task of the cluster is gone (Socket closed)' in caplog.text
+    with pytest.raises(tf.errors.UnavailableError):
+        main.explain_op_error(error, None)  # not a cluster's: raised as it is

@@ -1,14 +1,29 @@
-"""cnn_lstm_otc_ocr.py: the time-step rule, any batch size, labels to CTC, and a model that learns."""
+"""cnn_lstm_otc_ocr.py: the time-step rule, any batch size, labels to CTC, a model that learns, and the input
+pipeline: image files, served image bytes, augmentation."""
+import io
+from unittest import mock
+
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import cnn_lstm_otc_ocr as ocr
 import utils
-from conftest import random_labels, write_text_images
+from conftest import png_claiming, random_labels, write_text_images
 
 v1 = tf.compat.v1
-ORIGINAL = ocr.Architecture(image_height=60, image_width=180, image_channel=1, charset='0123456789+-*()',
+CHARSET = utils.Charset('0123456789+-*()')
+
+
+def dataset(paths, labels, batch_size, cache_bytes=utils.CACHE_BYTES, **options):
+    """ocr.image_dataset over 32x96 grey images of the files at paths."""
+    return ocr.image_dataset(utils.LabelledImages(paths, labels, CHARSET, (32, 96, 1), cache_bytes), batch_size,
+                             **options)
+
+
+ORIGINAL = utils.Architecture(image_height=60, image_width=180, image_channel=1, charset='0123456789+-*()',
                             cnn_count=4, out_channels=64, num_hidden=128, leakiness=0.01, max_stepsize=0,
                             rnn_cell='lstm', rnn_layers=2, bidirectional=False, rhn_depth=3)  # the original project's
 SMALL = ORIGINAL._replace(image_height=32, image_width=96, cnn_count=3, out_channels=32, num_hidden=32,
@@ -44,7 +59,7 @@ def build(arch, mode):
     images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
     label_ids = v1.placeholder(tf.int32, [None, None])
     with v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
-        model = ocr.LSTMOCR(mode, arch, keep_prob=0.8)
+        model = ocr.Recogniser(mode, arch, keep_prob=0.8)
         logits = model.logits(images)
         loss = tf.reduce_mean(model.losses(logits, label_ids))
         return images, label_ids, logits, loss, model.decode(logits, 'greedy')[0]
@@ -100,7 +115,7 @@ def test_dense_to_sparse_skips_padding_but_keeps_class_zero():
 
 def test_an_empty_label_costs_the_blank_at_every_step_and_gives_no_error():
     with tf.Graph().as_default(), v1.Session() as session:
-        model = ocr.LSTMOCR('val', SMALL)
+        model = ocr.Recogniser('val', SMALL)
         logits = tf.constant(np.random.default_rng(0).normal(size=(12, 3, 11)), tf.float32)   # [steps, b, classes]
         losses = model.losses(logits, tf.constant([[1, 2, -1], [-1, -1, -1], [4, -1, -1]]))
         single = model.losses(logits[:, 2:], tf.constant([[4]]))
@@ -119,7 +134,7 @@ def test_batch_norm_updates_moving_statistics_only_in_training():
         global_step = v1.train.get_or_create_global_step()
         step = minimize(loss, ocr.optimizer('adam', 1e-3, 0.9, 0.999, 0.9), global_step)
         with v1.variable_scope('ocr', reuse=True):
-            eval_logits = ocr.LSTMOCR('val', SMALL).logits(images)
+            eval_logits = ocr.Recogniser('val', SMALL).logits(images)
         moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
         feed = {images: np.random.default_rng(0).integers(0, 255, (4, 32, 96, 1)).astype(np.uint8),
                 label_ids: [[1, 2]] * 4}
@@ -157,17 +172,15 @@ def test_model_overfits_a_small_set(tmp_path):
     charset = utils.Charset(SMALL.charset)
     with tf.Graph().as_default():
         v1.set_random_seed(0)
-        train_batch = v1.data.make_one_shot_iterator(utils.image_dataset(
-            paths, labels, charset, 16, (32, 96, 1), shuffle=True, repeat=-1)).get_next()
-        eval_batch = v1.data.make_initializable_iterator(utils.image_dataset(paths, labels, charset, 32,
-                                                                             (32, 96, 1)))
+        train_batch = v1.data.make_one_shot_iterator(dataset(paths, labels, 16, shuffle=True, repeat=-1)).get_next()
+        eval_batch = v1.data.make_initializable_iterator(dataset(paths, labels, 32))
         with v1.variable_scope('ocr'):
-            model = ocr.LSTMOCR('train', SMALL, keep_prob=1.0)
+            model = ocr.Recogniser('train', SMALL, keep_prob=1.0)
             loss = tf.reduce_mean(model.losses(model.logits(train_batch['images']), train_batch['label_ids']))
         step = minimize(loss, ocr.optimizer('adam', 6e-3, 0.9, 0.999, 0.9), v1.train.get_or_create_global_step())
         eval_next = eval_batch.get_next()
         with v1.variable_scope('ocr', reuse=True):
-            reader = ocr.LSTMOCR('val', SMALL)
+            reader = ocr.Recogniser('val', SMALL)
             logits = reader.logits(eval_next['images'])
             decoded = {decoder: reader.decode(logits, decoder)[0] for decoder in ('beam', 'greedy')}
         with v1.Session() as session:
@@ -197,3 +210,112 @@ def test_learning_rate_schedules(schedule, boundaries, warmup, expected):
         rate = ocr.learning_rate(step, schedule, 1.0, 100, 0.5, boundaries, warmup)
         for at, value in expected.items():
             assert session.run(rate, {step: at}) == pytest.approx(value, abs=1e-6), (schedule, at)
+
+
+# --- the input pipeline ----------------------------------------------------------
+
+def run_dataset(dataset):
+    batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    batches = []
+    with tf.compat.v1.Session() as session:
+        while True:
+            try:
+                batches.append(session.run(batch))
+            except tf.errors.OutOfRangeError:
+                return batches
+
+
+def test_pipeline_keeps_the_partial_batch_and_pads_label_ids(tmp_path):
+    labels = ['1', '22', '333', '4', '55', '6', '7']
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        batches = run_dataset(dataset(paths, labels, 3))
+    assert [len(b['paths']) for b in batches] == [3, 3, 1]
+    first = batches[0]
+    assert first['images'].shape == (3, 32, 96, 1) and first['images'].dtype == np.uint8
+    assert first['label_ids'].tolist() == [[1, -1, -1], [2, 2, -1], [3, 3, 3]]
+    assert [label.decode() for label in first['labels']] == ['1', '22', '333']
+
+
+def test_pipeline_drops_or_keeps_unreadable_images(tmp_path, caplog):
+    paths = write_text_images(str(tmp_path), ['1', '2', '3'])
+    with open(paths[1], 'wb') as broken:
+        broken.write(b'\x89PNG broken')
+    with tf.Graph().as_default():
+        kept = run_dataset(dataset(paths, None, 5, keep_unreadable=True))
+        dropped = run_dataset(dataset(paths, ['1', '2', '3'], 5))
+    assert kept[0]['ok'].tolist() == [True, False, True]
+    assert [label.decode() for label in dropped[0]['labels']] == ['1', '3']
+    assert paths[1] in caplog.text
+
+
+def test_augmentation_changes_images_but_keeps_shape_type_and_labels(tmp_path):
+    labels = random_labels(32, seed=4)
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(0)
+        plain = run_dataset(dataset(paths, labels, 32))[0]
+        augmented = run_dataset(dataset(paths, labels, 32, augment=True))[0]
+    assert augmented['images'].shape == plain['images'].shape and augmented['images'].dtype == np.uint8
+    assert augmented['labels'].tolist() == plain['labels'].tolist()
+    changed = np.abs(augmented['images'].astype(int) - plain['images']).mean(axis=(1, 2, 3)) > 1
+    assert 20 <= changed.sum() < 32  # most images change, some are left as they are
+    # the text is still there: no image is washed out to one level (contrast is lowered, never to nothing)
+    assert (augmented['images'].reshape(32, -1).std(axis=1) > 3).all()
+
+
+def test_augmentation_fades_some_text_to_faint_but_never_to_nothing():
+    text = np.full((32, 96, 1), 255, np.uint8)
+    cv2.putText(text, '1234', (3, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 0, 2)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        tf.compat.v1.set_random_seed(0)
+        augmented = session.run(ocr.augment_images(tf.constant(np.repeat(text[None], 1000, axis=0))))
+    contrast = augmented.reshape(1000, -1).std(axis=1) / text.std()
+    assert (contrast < 0.2).sum() >= 10  # faint text, as a pale or faded print shows it
+    assert contrast.min() > 0.05
+
+
+def test_warp_without_changes_is_the_identity():
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        with mock.patch.object(ocr, 'per_image', lambda size, low, high, share, neutral=0.0:
+                               tf.fill([size], neutral)):
+            transforms = session.run(ocr.warp_transforms(2, 32, 96))
+    assert np.allclose(transforms, [[1, 0, 0, 0, 1, 0, 0, 0]] * 2, atol=1e-5)
+
+
+def test_pipeline_reshuffles_every_epoch(tmp_path):
+    labels = [str(i) for i in range(10)]
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        batches = run_dataset(dataset(paths, labels, 10, shuffle=True,
+                                                  seed=3, repeat=2))
+    first, second = [[label.decode() for label in b['labels']] for b in batches]
+    assert sorted(first) == sorted(second) == sorted(labels)
+    assert first != second
+
+
+def test_streaming_pipeline_reads_what_the_cached_one_does(tmp_path):
+    labels = random_labels(9, seed=6)
+    paths = write_text_images(str(tmp_path), labels)
+    with tf.Graph().as_default():
+        cached = run_dataset(dataset(paths, labels, 4))
+        streamed = run_dataset(dataset(paths, labels, 4, cache_bytes=0))
+    assert len(cached) == len(streamed) == 3
+    for a, b in zip(cached, streamed):
+        assert (a['images'] == b['images']).all() and a['labels'].tolist() == b['labels'].tolist()
+
+
+def test_served_decoding_skips_bad_images_without_failing_the_batch(tmp_path):
+    good = cv2.imencode('.png', np.full((30, 90), 255, np.uint8))[1].tobytes()
+    buffer = io.BytesIO()
+    Image.new('L', (90, 30), 255).save(buffer, 'GIF')
+    batches = [[good, b'not an image', png_claiming(40000, 40000), good[:60], buffer.getvalue()], []]
+    with tf.Graph().as_default():
+        image_bytes = tf.compat.v1.placeholder(tf.string, [None])
+        images, where = ocr.decode_image_batch(image_bytes, 32, 96, 1, utils.MAX_IMAGE_PIXELS)
+        with tf.compat.v1.Session() as session:
+            results = [session.run([images, where], {image_bytes: batch}) for batch in batches]
+    (images, where), (empty_images, empty_where) = results
+    assert where.tolist() == [0, -1, -1, -1, 1] and images.shape == (3, 32, 96, 1)
+    assert (images[:2] == 255).all()  # the PNG and the GIF, each read whole
+    assert empty_where.shape == (0,) and empty_images.shape == (1, 32, 96, 1)

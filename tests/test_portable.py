@@ -70,7 +70,7 @@ def architecture(export):
 
 
 def time_steps(arch):
-    return ocr.time_steps(ocr.Architecture(**arch))
+    return ocr.time_steps(utils.Architecture(**arch))
 
 
 def read_folder(images, arch):

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import cnn_lstm_otc_ocr as ocr
+import utils
 
 v1 = tf.compat.v1
 v1.disable_eager_execution()
@@ -192,7 +193,7 @@ def test_overfits_a_memory_task(kind):
 
 
 def small_arch(rnn_cell, bidirectional):
-    return ocr.Architecture(image_height=32, image_width=64, image_channel=1, charset='0123456789+-*()',
+    return utils.Architecture(image_height=32, image_width=64, image_channel=1, charset='0123456789+-*()',
                             cnn_count=2, out_channels=8, num_hidden=8, leakiness=0.01, max_stepsize=0,
                             rnn_cell=rnn_cell, rnn_layers=2, bidirectional=bidirectional, rhn_depth=2)
 
@@ -204,7 +205,7 @@ def test_bidirectional_rnn_concatenates_a_forward_and_a_backward_stack():
     changed[:, -1] += 1.0
     with tf.Graph().as_default(), v1.Session() as sess:
         inputs = v1.placeholder(tf.float32, [None, steps, 10])
-        outputs = ocr.LSTMOCR('val', arch).rnn(inputs)
+        outputs = ocr.Recogniser('val', arch).rnn(inputs)
         names = {v.name.split('/layer_')[0] for v in v1.trainable_variables()}
         sess.run(v1.global_variables_initializer())
         before, after = [sess.run(outputs, {inputs: batch}) for batch in (features, changed)]
@@ -225,9 +226,9 @@ def test_model_logits_for_every_cell_looped_and_unrolled(rnn_cell, bidirectional
     pixels = np.random.default_rng(5).integers(0, 256, (2, 32, 64, 1), dtype=np.uint8)
     with tf.Graph().as_default() as graph, v1.Session() as sess, v1.variable_scope('ocr', reuse=v1.AUTO_REUSE):
         images = tf.constant(pixels)
-        training = ocr.LSTMOCR('train', arch, keep_prob=0.8).logits(images)
-        looped = ocr.LSTMOCR('infer', arch).logits(images)
-        unrolled = ocr.LSTMOCR('infer', arch, unrolled=True).logits(images)
+        training = ocr.Recogniser('train', arch, keep_prob=0.8).logits(images)
+        looped = ocr.Recogniser('infer', arch).logits(images)
+        unrolled = ocr.Recogniser('infer', arch, unrolled=True).logits(images)
         directions = {v.name.split('/')[2] for v in v1.trainable_variables() if v.name.startswith('ocr/rnn/')}
         loops = [op for op in graph.get_operations() if op.type in ('While', 'Enter')]
         sess.run(v1.global_variables_initializer())

@@ -35,6 +35,7 @@ def exported(tmp_path_factory):
     result = run_cli('--mode=export', '--checkpoint_dir=%s' % os.path.join(REPO, 'imgs', 'model'),
                      '--export_dir=%s' % (folder / 'export'), '--export_formats=saved_model')
     assert result.returncode == 0, result.stderr
+    assert 'the SavedModel reads with --decoder=beam --beam_width=10' in result.stdout  # baked in, and said
     images = folder / 'images'
     images.mkdir()
     sample = cv2.imread(os.path.join(REPO, 'imgs', 'infer', '1.png'))

@@ -11,13 +11,12 @@ import pytest
 import tensorflow as tf
 
 import cnn_lstm_otc_ocr as ocr
+import utils
 from conftest import REPO, run_cli
-
-pytestmark = pytest.mark.slow  # every test here runs the CLI several times or for long
 
 v1 = tf.compat.v1
 SHIPPED = os.path.join(REPO, 'imgs', 'model')
-# imgs/model/README.md, "How well it reads", measured 99% on imgs/infer/ (100 images) and 96% on
+# imgs/model/README.md, "Evaluation data and results", measured 99% on imgs/infer/ (100 images) and 96% on
 # tests/data/other_renderers/ (100): the bounds leave room for other CPUs' arithmetic, not for a worse model.
 BUNDLED_ACCURACY = 0.98
 OTHER_RENDERERS_ACCURACY = 0.92
@@ -29,6 +28,7 @@ def bundled_labels():
         return {name: (label, value) for name, label, value in (line.split() for line in labels_file)}
 
 
+@pytest.mark.slow
 def test_default_infer_uses_the_shipped_model_on_the_bundled_sample(tmp_path):
     shutil.copytree(os.path.join(REPO, 'imgs', 'infer'), tmp_path / 'imgs' / 'infer')
     result = run_cli('--mode=infer', cwd=tmp_path)  # every flag at its default; no ./checkpoint/ here
@@ -43,6 +43,7 @@ def test_default_infer_uses_the_shipped_model_on_the_bundled_sample(tmp_path):
     assert all(0 <= float(confidence) <= 1 for _, _, _, confidence in readings)
 
 
+@pytest.mark.slow
 def test_images_without_text_are_read_as_nothing(tmp_path):
     (tmp_path / 'blank').mkdir()
     for name, colour in (('white', 255), ('black', 0), ('grey', 128), ('paper', (198, 226, 236))):
@@ -54,6 +55,7 @@ def test_images_without_text_are_read_as_nothing(tmp_path):
     assert len(readings) == 4 and all(reading == '' for _, reading, _, _ in readings), readings
 
 
+@pytest.mark.slow
 def test_other_renderers_are_read_at_the_documented_accuracy():
     result = run_cli('--mode=val', '--checkpoint_dir=%s' % SHIPPED,
                      '--val_dir=%s' % os.path.join(REPO, 'tests', 'data', 'other_renderers'))
@@ -64,12 +66,12 @@ def test_other_renderers_are_read_at_the_documented_accuracy():
 
 def test_architecture_file_matches_the_inference_weights():
     with open(os.path.join(SHIPPED, 'architecture.json')) as architecture_file:
-        arch = ocr.Architecture(**json.load(architecture_file))
+        arch = utils.Architecture(**json.load(architecture_file))
     with tf.Graph().as_default():
         images = v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width, arch.image_channel])
         with v1.variable_scope('ocr'):
-            ocr.LSTMOCR('infer', arch).logits(images)
+            ocr.Recogniser('infer', arch).logits(images)
         graph = {variable.op.name: variable.shape.as_list() for variable in v1.global_variables()}
     assert dict(tf.train.list_variables(tf.train.latest_checkpoint(SHIPPED))) == graph  # no optimiser slots
-    size = sum(os.path.getsize(os.path.join(SHIPPED, name)) for name in os.listdir(SHIPPED))
-    assert size < 8 * 2 ** 20
+    size = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(SHIPPED) for name in names)
+    assert 5 * 2 ** 20 < size < 8 * 2 ** 20  # every file: the checkpoint and the SavedModel's variables, 3 MB each

@@ -11,7 +11,7 @@ from conftest import SMALL_MODEL_FLAGS, run_cli
 from test_main import folders
 
 v1 = tf.compat.v1
-SMALL = ocr.Architecture(image_height=32, image_width=96, image_channel=1, charset='0123456789', cnn_count=3,
+SMALL = utils.Architecture(image_height=32, image_width=96, image_channel=1, charset='0123456789', cnn_count=3,
                          out_channels=32, num_hidden=32, leakiness=0.01, max_stepsize=0, rnn_cell='lstm',
                          rnn_layers=1, bidirectional=False, rhn_depth=3)  # conftest.SMALL_MODEL_FLAGS
 HYPERPARAMETERS = ocr.Hyperparameters(
@@ -28,7 +28,7 @@ def flags():
     def parse(*extra):
         utils.FLAGS(['main.py', *SMALL_MODEL_FLAGS, '--charset=0123456789', '--num_gpus=2', '--tower_device=cpu',
                      '--output_keep_prob=1.0', *extra])
-        return main.architecture_from_flags()
+        return utils.architecture_from_flags()
     yield parse
     utils.FLAGS.unparse_flags()
 
@@ -48,7 +48,7 @@ def random_feed(batch, size):
 def single_tower_gradients(arch, images, label_ids, variables):
     """Gradients of the mean loss of one plain model on a batch, sharing the variables of scope 'ocr'."""
     with v1.variable_scope('ocr', reuse=True):
-        model = ocr.LSTMOCR('train', arch, keep_prob=1.0)
+        model = ocr.Recogniser('train', arch, keep_prob=1.0)
         loss = tf.reduce_mean(model.losses(model.logits(images), label_ids))
     return tf.gradients(loss, variables)
 
@@ -121,7 +121,7 @@ def test_a_batch_the_towers_cannot_share_and_absent_gpus_are_refused(flags):
         main.training_towers()
     flags('--num_gpus=64', '--tower_device=gpu')
     with pytest.raises(utils.UserError, match=r'--num_gpus=64 but \d+ GPU\(s\) are visible: .*--tower_device=cpu'):
-        main.model_device()
+        main.tower_devices()
 
 
 @pytest.mark.slow
