@@ -12,13 +12,11 @@ import contextlib
 import json
 import math
 import os
-import socket
-import threading
 import time
 
 import tensorflow as tf
 
-from utils import UserError, log
+from utils import UserError, check_port_free, log, wait_for_ps_tasks, watchdog
 
 v1 = tf.compat.v1
 
@@ -912,42 +910,19 @@ def workers_done_queue(replicas):
         return tf.queue.FIFOQueue(replicas, tf.int32, shapes=[[]], shared_name='workers_done', name='workers_done')
 
 
-# --- a cluster's runtime: servers, waits, replication ---------------------------
+# --- a cluster's runtime: servers and replication -------------------------------
 # A task (utils.ClusterTask) joins its cluster through its server; a worker builds the training graph under
 # replica_devices and keeps in step with the others through Replication. A wait that TensorFlow leaves without a
-# deadline is bounded by a watchdog that calls `silent(doing, seconds)`, which ends the process.
+# deadline is bounded by utils.watchdog, which calls `silent(doing, seconds)`: it ends the process.
 
 def start_server(task, config):
     """This task's gRPC server; a port already in use here is a UserError (gRPC would share it silently)."""
-    port = int(task.address.rpartition(':')[2])
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(('', port))
-        except OSError as error:
-            raise UserError('%s: port %d is in use on this machine (%s)' % (task, port, error.strerror))
+    check_port_free(task)
     try:
         return tf.distribute.Server(tf.train.ClusterSpec(task.cluster), job_name=task.job, task_index=task.index,
                                     config=config)
     except tf.errors.OpError as error:
         raise UserError('%s: cannot start its server: %s' % (task, error.message))
-
-
-def wait_for_ps_tasks(task, timeout):
-    """Waits up to timeout seconds for every ps task to accept connections; a UserError names the first that does
-    not."""
-    deadline = time.time() + timeout
-    for index, address in enumerate(task.cluster['ps']):
-        host, _, port = address.rpartition(':')
-        while True:
-            try:
-                socket.create_connection((host, int(port)), timeout=2).close()
-                break
-            except OSError as error:
-                if time.time() > deadline:
-                    raise UserError('%s: ps task %d at %s cannot be reached after --cluster_timeout=%d s (%s): is it '
-                                    'started, and is its address right?' % (task, index, address, timeout, error))
-                time.sleep(0.5)
 
 
 def serve_variables(task, config):
@@ -959,19 +934,6 @@ def serve_variables(task, config):
         with v1.Session(server.target, config=config) as session:
             session.run(exit_signal)
     log.info('%s: the chief has ended the training', task)
-
-
-@contextlib.contextmanager
-def watchdog(seconds, silent, doing):
-    """Bounds a wait that TensorFlow's runtime leaves without a deadline (a session's creation waits forever for a
-    frozen task, or for an address that is no TensorFlow server): after `seconds`, silent(doing, seconds)."""
-    timer = threading.Timer(seconds, silent, (doing, seconds))
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
 
 
 class Replication:

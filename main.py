@@ -81,8 +81,6 @@ def main(argv):
         mode = FLAGS.mode or 'train'
         if mode not in ('train', 'val', 'infer', 'export'):
             raise UserError('--mode=%s: main.py runs train, val, infer or export' % mode)
-        if mode != 'export':  # export converts its model to LiteRT eagerly; the others run TensorFlow 1.x graphs
-            v1.disable_eager_execution()
         if FLAGS.precision == 'bf16' and not utils.cpu_has_bf16():
             log.warning('warning: --precision=bf16: this CPU has no bf16 instructions (avx512_bf16 or amx_bf16); '
                         'bf16 will be emulated and slower than fp32')
@@ -208,7 +206,7 @@ def export():
     architecture.json and model.json (the step and validation record it was exported from), and beside them the
     --export_formats: a SavedModel, model.tflite and model_int8.tflite, model.onnx. The folder is one that
     --checkpoint_dir can point at, a few MB."""
-    model, target, formats = export_plan()
+    model, record, target, formats = export_plan()
     with tf.Graph().as_default():
         ocr.reading_graph(model.arch, v1.placeholder(tf.uint8, [None, *utils.input_shape(model.arch)]))
         with v1.Session() as session:
@@ -216,7 +214,6 @@ def export():
             path = v1.train.Saver(save_relative_paths=True).save(session, target.checkpoint_prefix,
                                                                  write_meta_graph=False)
     target.save_architecture(model.arch)
-    record = export_record(model)
     target.save_record(ModelFolder.EXPORT_RECORD, record)
     for name in [name for fmt in set(EXPORT_FILES) - set(formats) for name in EXPORT_FILES[fmt]]:
         if os.path.lexists(target.path(name)):  # an earlier export's, which would read with another model
@@ -229,8 +226,8 @@ def export():
 
 
 def export_plan():
-    """The Model to export, the ModelFolder of --export_dir (made after every check) and the formats to write
-    beside it (onnx left out, with a warning, where tf2onnx is missing and was not asked for)."""
+    """The Model to export and its record, the ModelFolder of --export_dir (made after every check) and the formats
+    to write beside it (onnx left out, with a warning, where tf2onnx is missing and was not asked for)."""
     if not FLAGS.export_dir:
         raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
     formats = [name for name in utils.EXPORT_FORMATS if name in FLAGS.export_formats]
@@ -245,11 +242,12 @@ def export_plan():
         raise UserError('--export_dir=%s holds the model being exported: choose another folder' % FLAGS.export_dir)
     if target.newest_rolling() and not FLAGS.overwrite:
         raise UserError('--export_dir=%s already holds a model (--overwrite replaces it)' % FLAGS.export_dir)
+    record = export_record(model)
     try:
         os.makedirs(FLAGS.export_dir, exist_ok=True)
     except OSError as error:
         raise UserError('--export_dir=%s cannot be created (%s)' % (FLAGS.export_dir, error.strerror))
-    return model, target, formats
+    return model, record, target, formats
 
 
 def export_record(model):
@@ -311,10 +309,10 @@ def model_to_read():
     if FLAGS.checkpoint == 'best' and record:
         log.info('using the best validated model: step %d, accuracy %.4f, CER %.4f', record['step'],
                  record['accuracy'], record['cer'])
-    return saved_model(folder, checkpoint, record)
+    return folder_model(folder, checkpoint, record)
 
 
-def saved_model(folder, checkpoint, record=None):
+def folder_model(folder, checkpoint, record=None):
     """The Model of a folder's checkpoint, its architecture from the folder's architecture.json (the flags where
     there is none, with a warning)."""
     saved = folder.architecture()
@@ -414,7 +412,7 @@ def training_start(replication):
         return Start(folder, *init_model(FLAGS.init_from), None, replace)
     if not restore:
         return Start(folder, resolve_architecture(None, folder.directory), None, None, replace)
-    resumed = saved_model(folder, checkpoint)
+    resumed = folder_model(folder, checkpoint)
     return Start(folder, resumed.arch, None, resumed, False)
 
 
@@ -895,5 +893,12 @@ def cluster_config(task):
     return config
 
 
+def graph_mode():
+    """Every mode but export runs TensorFlow 1.x graphs only (export converts its model to LiteRT eagerly): set
+    once the flags are parsed, before TensorFlow's own start-up callbacks make its context, which would stay eager."""
+    if FLAGS.mode != 'export':
+        v1.disable_eager_execution()
+
+
 if __name__ == '__main__':
-    utils.run(main, 'main.py')
+    utils.run(main, 'main.py', graph_mode)

@@ -20,6 +20,7 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -187,13 +188,15 @@ flags.DEFINE_boolean('labelled_names', True, 'synth: name images <id>_<label>.pn
                      'the labels file)')
 
 FLAGS = flags.FLAGS
+# Each tool's own flags, which its --help lists; the other tool's are refused. Both take the shared ones.
 SHARED_FLAGS = ('mode', 'train_dir', 'val_dir', 'charset', 'seed', 'overwrite')
-HELPER_FLAGS = SHARED_FLAGS + ('labels_file', 'images_dir', 'train_size', 'out_dir', 'num_images', 'synth_height',
-                               'synth_width', 'text', 'clutter', 'font_files', 'renderer', 'blank_share',
-                               'plain_share', 'min_len', 'max_len', 'labelled_names')
-OWN_FLAGS = {'main.py': [name for name in FLAGS if FLAGS.find_module_defining_flag(name) == __name__
-                         and (name in SHARED_FLAGS or name not in HELPER_FLAGS)],
-             'helper.py': HELPER_FLAGS}
+HELPER_ONLY_FLAGS = ('labels_file', 'images_dir', 'train_size', 'out_dir', 'num_images', 'synth_height',
+                     'synth_width', 'text', 'clutter', 'font_files', 'renderer', 'blank_share', 'plain_share',
+                     'min_len', 'max_len', 'labelled_names')
+MAIN_ONLY_FLAGS = tuple(name for name in FLAGS if FLAGS.find_module_defining_flag(name) == __name__
+                        and name not in SHARED_FLAGS + HELPER_ONLY_FLAGS)
+TOOL_FLAGS = {'main.py': (SHARED_FLAGS + MAIN_ONLY_FLAGS, HELPER_ONLY_FLAGS),
+              'helper.py': (SHARED_FLAGS + HELPER_ONLY_FLAGS, MAIN_ONLY_FLAGS)}
 
 
 def rule(names, holds, message):
@@ -258,11 +261,12 @@ def setup_logging():
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
-def run(main, tool):
+def run(main, tool, parsed=lambda: None):
     """absl.app.run(main) for a tool (main.py or helper.py): --help lists the tool's own flags (--helpfull every
     flag); a flag of the other tool, a value that does not parse or a rule between flags that fails ends in one line
-    naming the flag, exit code 2, not a traceback."""
-    for name in OWN_FLAGS[tool]:
+    naming the flag, exit code 2, not a traceback. parsed() runs once the flags are parsed, before main."""
+    own, others = TOOL_FLAGS[tool]
+    for name in own:
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
     def parse(argv):
@@ -273,12 +277,12 @@ def run(main, tool):
             sys.exit(2)
         except SystemExit as help_shown:  # absl's --help and --helpfull exit 1
             sys.exit(0 if help_shown.code == 1 else help_shown.code)
-        strangers = [name for name in set(OWN_FLAGS['main.py'] + list(HELPER_FLAGS)) - set(OWN_FLAGS[tool])
-                     if FLAGS[name].present]
+        strangers = [name for name in others if FLAGS[name].present]
         if strangers:
             print('error: %s: not a flag of %s (see python %s --help)' % (
-                ', '.join('--' + name for name in sorted(strangers)), tool, tool), file=sys.stderr)
+                ', '.join('--' + name for name in strangers), tool, tool), file=sys.stderr)
             sys.exit(2)
+        parsed()
         return arguments
 
     app.run(main, flags_parser=parse)
@@ -420,6 +424,47 @@ class ClusterTask:
 
     def __str__(self):
         return '%s %d of the cluster (%s)' % (self.job, self.index, self.address)
+
+
+def check_port_free(task):
+    """A port of this task already in use on this machine is a UserError (gRPC would share it silently)."""
+    port = int(task.address.rpartition(':')[2])
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(('', port))
+        except OSError as error:
+            raise UserError('%s: port %d is in use on this machine (%s)' % (task, port, error.strerror))
+
+
+def wait_for_ps_tasks(task, timeout):
+    """Waits up to timeout seconds for every ps task to accept connections; a UserError names the first that does
+    not."""
+    deadline = time.time() + timeout
+    for index, address in enumerate(task.cluster['ps']):
+        host, _, port = address.rpartition(':')
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                break
+            except OSError as error:
+                if time.time() > deadline:
+                    raise UserError('%s: ps task %d at %s cannot be reached after --cluster_timeout=%d s (%s): is it '
+                                    'started, and is its address right?' % (task, index, address, timeout, error))
+                time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def watchdog(seconds, silent, doing):
+    """Bounds a wait that TensorFlow's runtime leaves without a deadline (a session's creation waits forever for a
+    frozen task, or for an address that is no TensorFlow server): after `seconds`, silent(doing, seconds)."""
+    timer = threading.Timer(seconds, silent, (doing, seconds))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 # --- files -------------------------------------------------------------------

@@ -3,7 +3,7 @@
     python tests/benchmark.py                        # everything: 5 to 10 minutes on 2 cores
     python tests/benchmark.py --parts=train --rounds=4
 
-At the default architecture (60x180x1, 4 conv units, LSTM 2x128) and --batch_size, for fp32 and bf16:
+At the default architecture (40x120x1, 4 conv units, bidirectional GRU 2x128) and --batch_size, for fp32 and bf16:
   train     training images/s on an in-memory batch (compute only); how the op time of a traced step divides
             between convolutions, batch norm, max-pool and the rest, and so the convolutions' own GFLOP/s (their
             FLOPs over the step time times their share: ops that overlap make it approximate);
@@ -723,7 +723,7 @@ def summary(args, results):
 
 def run_parts(args, work_dir):
     FLAGS([sys.argv[0]])  # the project's defaults, so the default architecture
-    arch = main.architecture_from_flags()
+    arch = utils.architecture_from_flags()
     forward, training = model_flops(arch)
     print('model: %.3f GFLOP per image forward, %.3f training (counted from the layer shapes)' % (
         forward / 1e9, training / 1e9))

@@ -443,14 +443,13 @@ def test_help_names_every_mode_and_the_flags_and_exits_0():
     assert '--synth_height' not in result.stdout and '--num_images' not in result.stdout  # helper.py's
 
 
-def test_a_damaged_model_json_of_an_export_is_named(tmp_path):
-    import main
+def test_a_damaged_model_json_of_an_export_is_named_before_anything_is_written(tmp_path):
     shutil.copytree(os.path.join(REPO, 'imgs', 'model'), tmp_path / 'model')
     (tmp_path / 'model' / 'model.json').write_text('{"step": 50')
-    folder = utils.ModelFolder(str(tmp_path / 'model'))
-    model = main.Model(folder, folder.architecture(), folder.newest_rolling(), None, 'from its architecture.json')
-    with pytest.raises(utils.UserError, match='model.json is damaged: not a JSON record'):
-        main.export_record(model)
+    result = run_cli('--mode=export', '--checkpoint_dir=%s' % (tmp_path / 'model'),
+                     '--export_dir=%s' % (tmp_path / 'export'))
+    assert result.returncode == 2 and 'model.json is damaged: not a JSON record' in result.stderr, result.stderr
+    assert not (tmp_path / 'export').exists()
 
 
 def test_a_failed_export_leaves_no_temporary_folder(tmp_path, flags, monkeypatch):

@@ -5,16 +5,14 @@ import os
 import socket
 import stat
 import sys
-from unittest import mock
 
 import cv2
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 import utils
-from conftest import png_claiming, random_labels, write_text_images
+from conftest import png_claiming, write_text_images
 
 CHARSET = utils.Charset('0123456789+-*()')
 
