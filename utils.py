@@ -1090,12 +1090,13 @@ def accuracy_and_cer(predictions, labels):
 
 # --- arithmetic --------------------------------------------------------------
 
-_ARITHMETIC = re.compile(r'[0-9+\-*()]+')
+_ARITHMETIC = re.compile(r'[0-9+\-*()]{1,500}')  # longer is not a text line; deep trees would hit the stack
 _OPERATIONS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
 
 
 def expression_value(text):
-    """Value of an arithmetic expression of integers (leading zeros allowed), + - * and parentheses; else None.
+    """Value of an arithmetic expression of integers (leading zeros allowed), + - * and parentheses, of at most 500
+    characters; else None.
 
     The expression is parsed into a tree and only integer literals and the three binary operations are
     evaluated; it is never passed to eval.
