@@ -64,6 +64,39 @@ def time_steps(arch):
     return feature_shape(arch)[0]
 
 
+# --- memory -------------------------------------------------------------------
+
+OPTIMIZER_SLOTS = {'adam': 2, 'momentum': 1}  # variables an optimiser keeps per weight
+RNN_VALUES = 8  # floats a recurrent layer keeps per unit and time step for the backward pass (gates, memory, output)
+
+
+def parameter_count(arch):
+    """The model's weights, counted in a scratch graph of its variables (nothing is allocated)."""
+    with tf.Graph().as_default():
+        Recogniser('infer', arch).logits(v1.placeholder(tf.uint8, [None, arch.image_height, arch.image_width,
+                                                                   arch.image_channel]))
+        return sum(variable.shape.num_elements() for variable in v1.global_variables())
+
+
+def memory_needed(arch, batch_size, optimizer=None):
+    """Estimated bytes of a training step (with its optimizer) or of reading a batch (optimizer None), by part:
+    the weights, the optimiser's slots and gradients, and one batch's activations (in training the conv units'
+    outputs and batch norms, and the RNN's gates at every time step, are kept for the backward pass; in reading,
+    the largest conv unit's input and output)."""
+    weights = 4 * parameter_count(arch)
+    height, width, conv = arch.image_height, arch.image_width, []
+    for _, filters, pool_height, pool_width in conv_units(arch):
+        conv.append(4 * batch_size * height * width * filters)
+        height, width = math.ceil(height / pool_height), math.ceil(width / pool_width)
+    directions = 2 if arch.bidirectional else 1
+    rnn = 4 * batch_size * time_steps(arch) * arch.num_hidden * directions * RNN_VALUES * (
+        arch.rhn_depth if arch.rnn_cell == 'rhn' else 1)
+    if optimizer is None:
+        return {'weights': weights, 'activations': 2 * max(conv) + rnn // RNN_VALUES}
+    return {'weights': weights, 'optimiser slots and gradients': weights * (OPTIMIZER_SLOTS[optimizer] + 1),
+            'activations': 2 * sum(conv) + rnn * arch.rnn_layers}
+
+
 # --- layers ------------------------------------------------------------------
 
 def conv_unit(inputs, name, filters, pool, leakiness, training):

@@ -20,8 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import utils
 from utils import (CONTEST_CHARSET, FLAGS, IMAGE_EXTENSIONS, MAX_NAME_BYTES, Charset, Progress, UserError,
-                   check_writable, expression_value, id_label_name, image_id, log, natural_key, shorten,
-                   write_atomically)
+                   check_writable, expression_value, id_label_name, image_id, log, natural_key, shorten)
 
 
 
@@ -35,19 +34,19 @@ def check_label(label, where):
             where, label, ' '.join(repr(c) for c in bad)))
 
 
-def make_room(ids, directories, overwrite, replaced=frozenset()):
-    """Refuses to touch images of these ids already in the folders; with overwrite, deletes them, except the
-    `replaced` paths that the caller writes over, so that no id is kept twice (under an old label, or in the
-    other folder). Returns the number of other images the folders hold.
+def make_room(count, directories, overwrite, replaced=frozenset()):
+    """Refuses to touch images of ids 0..count-1 (`7_...`, not `007_...`) already in the folders; with overwrite,
+    deletes them, except the `replaced` paths that the caller writes over, so that no id is kept twice (under an
+    old label, or in the other folder). Returns the number of other images the folders hold.
     """
-    wanted = set(ids)
     clashes, others = [], 0
     for directory in dict.fromkeys(directories):
         names = os.listdir(directory) if os.path.isdir(directory) else []
         for name in names:
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            if image_id(name) in wanted:
+            number = image_id(name)
+            if number.isdecimal() and number == str(int(number)) and int(number) < count:
                 clashes.append(os.path.join(directory, name))
             else:
                 others += 1
@@ -193,7 +192,7 @@ def rename(labels_file, images_dir, train_dir, val_dir, train_size, seed, overwr
     train, val = split(copies, train_size, seed)
     targets = {os.path.join(directory, name) for directory, part in ((train_dir, train), (val_dir, val))
                for source, name in part}
-    others = make_room([str(k) for k in range(len(copies))], [train_dir, val_dir], overwrite, targets)
+    others = make_room(len(copies), [train_dir, val_dir], overwrite, targets)
     copy_images([(train_dir, train), (val_dir, val)])
     log.info('copied %d images to %s and %d to %s (seed %d)', len(train), train_dir, len(val), val_dir, seed)
     if others:
@@ -727,14 +726,19 @@ def synth_image(spec, image_id):
     return label, cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, 6])[1].tobytes()
 
 
+def labels_line(image_id, label):
+    """The labels file line of an image: `<id>.png <label>`, then the value of a contest expression."""
+    value = expression_value(label)
+    return '%d.png %s%s\n' % (image_id, label, '' if value is None else ' %d' % value)
+
+
 def write_image(spec, out_dir, labelled_names, image_id):
     """Writes image `image_id` as `<id>_<label>.png` (or `<id>.png`) and returns its labels file line."""
     label, png = synth_image(spec, image_id)
     name = id_label_name(image_id, label, '.png') if labelled_names else '%d.png' % image_id
     with open(os.path.join(out_dir, name), 'wb') as image_file:
         image_file.write(png)
-    value = expression_value(label)
-    return '%d.png %s%s\n' % (image_id, label, '' if value is None else ' %d' % value)
+    return labels_line(image_id, label)
 
 
 MIN_CHARACTER_WIDTH = 8  # pixels of --synth_width a character needs to stay legible
@@ -790,27 +794,53 @@ def check_synth(spec, num_images, out_dir, labels_path, labelled_names, overwrit
     check_labels_path(labels_path, overwrite)
 
 
-def write_images(spec, num_images, out_dir, labelled_names):
-    """Writes images 0..num_images-1 to out_dir, in parallel, showing progress; returns their labels file lines."""
+SIZE_SAMPLE = 16  # images drawn to estimate the size of all
+BLOCK_BYTES = 4096  # an image file takes whole blocks of the file system
+
+
+def check_free_space(spec, num_images, out_dir):
+    """Refuses num_images that would not fit in the free space of out_dir's file system: the first images (the
+    ones synth writes) give the mean size, their PNG bytes rounded up to whole blocks plus a labels line."""
+    sample = range(min(SIZE_SAMPLE, num_images))
+    sample_bytes = 0
+    for sample_id in sample:
+        label, png = synth_image(spec, sample_id)
+        sample_bytes += -(-len(png) // BLOCK_BYTES) * BLOCK_BYTES + len(labels_line(sample_id, label).encode())
+    image_bytes = sample_bytes / len(sample)
+    free = shutil.disk_usage(utils.nearest_existing(out_dir)).free
+    if image_bytes * num_images > free:
+        raise UserError('--num_images=%d needs about %s in --out_dir=%s (about %s an image), which has %s free' % (
+            num_images, size_text(image_bytes * num_images), out_dir, size_text(image_bytes), size_text(free)))
+
+
+def size_text(count):
+    """Bytes for a message: `4.1 KB`, `412 GB`."""
+    units = ['B', 'KB', 'MB', 'GB', 'TB', 'PB']
+    while count >= 999.5 and len(units) > 1:
+        count, units = count / 1000, units[1:]
+    return '%.3g %s' % (count, units[0])
+
+
+def write_images(spec, num_images, out_dir, labelled_names, labels_file):
+    """Writes images 0..num_images-1 to out_dir in parallel, showing progress, their lines to labels_file in order."""
     write = functools.partial(write_image, spec, out_dir, labelled_names)
     progress = Progress(num_images, 'synth')
-    lines = []
     with multiprocessing.Pool(min(os.cpu_count() or 1, num_images)) as pool:
-        for line in pool.imap(write, range(num_images), chunksize=64):
-            lines.append(line)
-            progress.update(len(lines))
+        for done, line in enumerate(pool.imap(write, range(num_images), chunksize=64), 1):
+            labels_file.write(line)
+            progress.update(done)
     progress.finish()
-    return lines
 
 
 def synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite):
-    """Writes num_images images 0..num_images-1 to out_dir and their labels file, once check_synth passes."""
+    """Writes images 0..num_images-1 to out_dir and their labels file, once check_synth and check_free_space pass."""
     check_synth(spec, num_images, out_dir, labels_path, labelled_names, overwrite)
+    check_free_space(spec, num_images, out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    others = make_room([str(i) for i in range(num_images)], [out_dir], overwrite)
-    lines = write_images(spec, num_images, out_dir, labelled_names)
-    os.makedirs(os.path.dirname(labels_path) or '.', exist_ok=True)
-    write_atomically(labels_path, ''.join(lines))
+    others = make_room(num_images, [out_dir], overwrite)
+    os.makedirs(os.path.dirname(os.path.abspath(labels_path)), exist_ok=True)
+    with utils.atomic_file(labels_path) as labels_file:
+        write_images(spec, num_images, out_dir, labelled_names, labels_file)
     log.info('wrote %d images (%s, seed %d) to %s and their labels to %s',
              num_images, spec.text, spec.seed, out_dir, labels_path)
     if others:

@@ -24,11 +24,11 @@ if __name__ == '__main__':  # Ctrl-C or SIGTERM while TensorFlow loads: nothing 
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, lambda signum, frame: os._exit(128 + signum))
 
+import utils  # noqa: E402  (before cv2: it sets OpenCV's pixel bound, which OpenCV reads when it loads)
+from utils import FLAGS, ModelFolder, UserError, log  # noqa: E402
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
-import utils  # noqa: E402
-from utils import FLAGS, ModelFolder, UserError, log  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -86,7 +86,11 @@ def main(argv):
                         'bf16 will be emulated and slower than fp32')
         if mode == 'train':
             task = cluster_task()
-            train(task)
+            stopped_by = train(task)
+            if stopped_by:  # a scheduler restarts a task that ends so, not one that ends with 0
+                log.info('stopped by %s: exit code %d (--restore continues from the step saved)',
+                         signal.Signals(stopped_by).name, 128 + stopped_by)
+                exit_process(128 + stopped_by, at_once=True)
         else:
             {'val': validate, 'infer': infer, 'export': export}[mode]()
     except UserError as error:
@@ -172,9 +176,10 @@ def validate():
     model = model_to_read()
     charset = utils.Charset(model.arch.charset)
     val_data, count = labelled_set(FLAGS.val_dir, 'val_dir', model.arch, charset, FLAGS.batch_size)
+    check_memory(model.arch, min(count, FLAGS.batch_size))
     reader = build_reader(model.arch, val_data, 'val')
     with v1.Session(config=session_config()) as session:
-        restore(session, model)
+        model = restore(session, model)
         log.info('restored %s', model.checkpoint)
         results = read_all(session, reader, charset, utils.Progress(count, 'val'))
     accuracy, cer = report_validation(results)
@@ -189,10 +194,12 @@ def infer():
     output = utils.OutputFile(FLAGS.infer_output, 'infer_output')
     if output.path in {os.path.realpath(path) for path in paths}:
         raise UserError('--infer_output=%s is one of the images of --infer_dir: name another file' % FLAGS.infer_output)
+    model.folder.check_not_output(FLAGS.infer_output, '--infer_output=%s' % FLAGS.infer_output)
+    check_memory(model.arch, min(len(paths), FLAGS.batch_size))
     images = image_set(paths, None, charset, model.arch, 'infer_dir', FLAGS.batch_size, keep_unreadable=True)
     reader = build_reader(model.arch, images, 'infer')
     with v1.Session(config=session_config()) as session:
-        restore(session, model)
+        model = restore(session, model)
         log.info('restored %s; reading %d images of %s', model.checkpoint, len(paths), FLAGS.infer_dir)
         results = read_all(session, reader, charset, utils.Progress(len(paths), 'infer'))
     output.write(''.join(result_lines(results)))
@@ -206,11 +213,13 @@ def export():
     architecture.json and model.json (the step and validation record it was exported from), and beside them the
     --export_formats: a SavedModel, model.tflite and model_int8.tflite, model.onnx. The folder is one that
     --checkpoint_dir can point at, a few MB."""
-    model, record, target, formats = export_plan()
+    model, target, formats = export_plan()
     with tf.Graph().as_default():
         ocr.reading_graph(model.arch, v1.placeholder(tf.uint8, [None, *utils.input_shape(model.arch)]))
         with v1.Session() as session:
-            restore(session, model)
+            model, record = read_checkpoint(model, lambda model: (restore_checkpoint(session, model),
+                                                                  export_record(model))[1])
+            os.makedirs(FLAGS.export_dir, exist_ok=True)
             path = v1.train.Saver(save_relative_paths=True).save(session, target.checkpoint_prefix,
                                                                  write_meta_graph=False)
     target.save_architecture(model.arch)
@@ -219,15 +228,15 @@ def export():
         if os.path.lexists(target.path(name)):  # an earlier export's, which would read with another model
             utils.remove_path(target.path(name))
             log.info('removed %s of the model exported there before', target.path(name))
-    write_formats(model, formats)
+    write_formats(model._replace(checkpoint=path), formats)  # from the copy: the model's folder may change
     log.info('exported %s (step %s) to %s%s: %.1f MB in all', model.checkpoint, record.get('step', '?'), path,
              ''.join(', ' + name for fmt in formats for name in EXPORT_FILES[fmt]),
              utils.folder_size(target.directory) / 2 ** 20)
 
 
 def export_plan():
-    """The Model to export and its record, the ModelFolder of --export_dir (made after every check) and the formats
-    to write beside it (onnx left out, with a warning, where tf2onnx is missing and was not asked for)."""
+    """The Model to export, the ModelFolder of --export_dir (checked, made) and the formats to write beside it
+    (onnx left out, with a warning, where tf2onnx is missing and was not asked for)."""
     if not FLAGS.export_dir:
         raise UserError('--mode=export needs --export_dir=FOLDER to write the model to')
     formats = [name for name in utils.EXPORT_FORMATS if name in FLAGS.export_formats]
@@ -238,26 +247,19 @@ def export_plan():
         formats.remove('onnx')
     utils.check_writable(FLAGS.export_dir, '--export_dir=%s' % FLAGS.export_dir)
     model, target = model_to_read(), ModelFolder(FLAGS.export_dir)
-    if os.path.realpath(FLAGS.export_dir) == os.path.realpath(model.folder.directory):
-        raise UserError('--export_dir=%s holds the model being exported: choose another folder' % FLAGS.export_dir)
+    model.folder.check_not_output(FLAGS.export_dir, '--export_dir=%s' % FLAGS.export_dir)
     if target.newest_rolling() and not FLAGS.overwrite:
         raise UserError('--export_dir=%s already holds a model (--overwrite replaces it)' % FLAGS.export_dir)
-    record = export_record(model)
-    try:
-        os.makedirs(FLAGS.export_dir, exist_ok=True)
-    except OSError as error:
-        raise UserError('--export_dir=%s cannot be created (%s)' % (FLAGS.export_dir, error.strerror))
-    return model, record, target, formats
+    return model, target, formats
 
 
 def export_record(model):
     """What model.json of an export says: the step and validation record of the checkpoint exported; an export
     exported again keeps its record."""
-    with checkpoint_errors(model.checkpoint):
-        saved = dict(tf.train.list_variables(model.checkpoint))
-    if 'global_step' not in saved:
+    if 'global_step' not in checkpoint_variables(model):
         return utils.read_record(model.folder.path(ModelFolder.EXPORT_RECORD)) or {}
-    record = {'step': int(tf.train.load_variable(model.checkpoint, 'global_step'))}
+    with checkpoint_errors(model):
+        record = {'step': int(tf.train.load_variable(model.checkpoint, 'global_step'))}
     if model.record:
         record.update(validation_accuracy=model.record['accuracy'], validation_cer=model.record['cer'])
     return record
@@ -342,45 +344,83 @@ def resolve_architecture(saved, directory, changeable=()):
     return saved
 
 
-def check_fits(checkpoint, variables, context):
-    """A checkpoint that lacks a variable of the graph, or holds one in another shape, is a UserError that lists
-    the differences (say a num_hidden edited in architecture.json), instead of TensorFlow's restore error."""
-    with checkpoint_errors(checkpoint):
-        saved = dict(tf.train.list_variables(checkpoint))
+def checkpoint_variables(model):
+    """{name: shape} of the variables of a Model's checkpoint."""
+    with checkpoint_errors(model):
+        return dict(tf.train.list_variables(model.checkpoint))
+
+
+def check_fits(model, variables):
+    """A Model's checkpoint that lacks a variable of the graph, or holds one in another shape, is a UserError that
+    lists the differences (say a num_hidden edited in architecture.json), instead of TensorFlow's restore error."""
+    checkpoint, saved = model.checkpoint, checkpoint_variables(model)
     problems = ['%s: not in the checkpoint' % v.op.name for v in variables if v.op.name not in saved]
     problems += ['%s: %s here, %s in the checkpoint' % (v.op.name, v.shape.as_list(), saved[v.op.name])
                  for v in variables if v.op.name in saved and v.shape.as_list() != list(saved[v.op.name])]
     if problems:
         raise UserError('%s: %s does not fit the model built %s (%d differences):\n  %s' % (
-            checkpoint, os.path.basename(checkpoint), context, len(problems), '\n  '.join(utils.shorten(problems))))
+            checkpoint, os.path.basename(checkpoint), model.built_from, len(problems),
+            '\n  '.join(utils.shorten(problems))))
 
 
 def restore(session, model, saver=None):
-    """Restores every variable of the graph from a Model's checkpoint, after check_fits; a damaged checkpoint is a
-    UserError that names it."""
-    check_fits(model.checkpoint, v1.global_variables(), model.built_from)
-    with checkpoint_errors(model.checkpoint):
-        (saver or v1.train.Saver()).restore(session, model.checkpoint)
+    """Restores every variable of the graph from a Model's checkpoint (read_checkpoint); returns the Model read."""
+    return read_checkpoint(model, lambda model: restore_checkpoint(session, model, saver))[0]
+
+
+def restore_checkpoint(session, model, saver=None, variables=None):
+    """Restores the variables (all the graph's by default) from a Model's checkpoint, after check_fits."""
+    variables = variables or v1.global_variables()
+    check_fits(model, variables)
+    with checkpoint_errors(model):
+        (saver or v1.train.Saver(variables)).restore(session, model.checkpoint)
+
+
+READ_ATTEMPTS = 5  # tries to read a checkpoint of a folder that a training saves in, a second apart
+
+
+def read_checkpoint(model, read):
+    """(Model, read(model)). A training that holds the model's folder replaces its checkpoints as it saves (best/
+    after a better validation, the oldest rolling one): a checkpoint it removed while it was read gives way, with a
+    warning, to the one --checkpoint chooses a second later."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return model, read(model)
+        except UnreadableCheckpoint:
+            if attempt == READ_ATTEMPTS or not model.folder.holder():
+                raise
+        time.sleep(1)
+        checkpoint, record = model.folder.chosen(FLAGS.checkpoint)
+        log.warning('warning: %s changed while it was read (a training saves in %s): reading %s', model.checkpoint,
+                    model.folder.directory, checkpoint)
+        model = model._replace(checkpoint=checkpoint, record=record)
+
+
+class UnreadableCheckpoint(UserError):
+    """A checkpoint whose files cannot be read: missing, truncated or damaged."""
 
 
 @contextlib.contextmanager
-def checkpoint_errors(checkpoint):
-    """Turns TensorFlow's error for a checkpoint that cannot be read (truncated, damaged) into a UserError."""
+def checkpoint_errors(model):
+    """Turns TensorFlow's error for a Model's checkpoint that cannot be read into an UnreadableCheckpoint. Deleting
+    its files is advised only when no training holds the folder: one that does may be in the middle of a save."""
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
-            tf.errors.OutOfRangeError, tf.errors.UnknownError) as error:
-        raise UserError('checkpoint %s cannot be read, its files are damaged or incomplete (%s): delete them to '
-                        'use an earlier checkpoint, or train again' % (checkpoint,
-                                                                         error.message.strip().splitlines()[0]))
+    except tf.errors.OpError as error:
+        holder = model.folder.holder()
+        raise UnreadableCheckpoint('checkpoint %s cannot be read (%s): %s' % (
+            model.checkpoint, error.message.strip().splitlines()[0],
+            'a training (%s) saves in %s: read it again when it has saved' % (holder, model.folder.directory)
+            if holder else 'its files are damaged or incomplete; delete them to use an earlier checkpoint, or '
+            'train again'))
 
 
 # --- training: where it starts ----------------------------------------------------
 
-# Where a training's model starts: its folder (checkpoint_dir), architecture, the checkpoint whose weights it
-# starts from (--init_from), the Model it resumes (--restore, or a chief started again), and whether it replaces
-# the model the folder holds (--overwrite).
-Start = collections.namedtuple('Start', 'folder arch init_checkpoint resumed replace')
+# Where a training's model starts: its folder (checkpoint_dir), architecture, the Model whose weights it starts
+# from (--init_from), the Model it resumes (--restore, or a chief started again), and whether it replaces the
+# model the folder holds (--overwrite).
+Start = collections.namedtuple('Start', 'folder arch init resumed replace')
 
 
 def training_start(replication):
@@ -398,21 +438,21 @@ def training_start(replication):
         log.info('%s holds a checkpoint of this cluster\'s training: the chief resumes it', folder.directory)
     if FLAGS.restore and checkpoint is None:
         raise UserError('--restore: no checkpoint in --checkpoint_dir=%s' % FLAGS.checkpoint_dir)
-    restore = FLAGS.restore or restarted
-    if restore and 'global_step' not in dict(tf.train.list_variables(checkpoint)):
+    resumed = folder_model(folder, checkpoint) if FLAGS.restore or restarted else None
+    if resumed and 'global_step' not in checkpoint_variables(resumed):
         raise UserError('--restore: --checkpoint_dir=%s holds an exported model (no step or optimiser state) that '
                         'cannot be continued: start a new training from it with --init_from=%s' % (
                             folder.directory, folder.directory))
-    replace = not restore and checkpoint is not None
+    replace = not resumed and checkpoint is not None
     if replace and not FLAGS.overwrite:
         raise UserError('--checkpoint_dir=%s already holds a trained model: pass --restore to continue training '
                         'it, --overwrite to replace it, or choose another --checkpoint_dir' % FLAGS.checkpoint_dir)
     utils.warn_about_schedule()
     if FLAGS.init_from and not restarted:
-        return Start(folder, *init_model(FLAGS.init_from), None, replace)
-    if not restore:
+        init = init_model(FLAGS.init_from)
+        return Start(folder, init.arch, init, None, replace)
+    if not resumed:
         return Start(folder, resolve_architecture(None, folder.directory), None, None, replace)
-    resumed = folder_model(folder, checkpoint)
     return Start(folder, resumed.arch, None, resumed, False)
 
 
@@ -422,13 +462,13 @@ INPUT_SIZE_FIELDS = ('image_height', 'image_width', 'max_stepsize')
 
 
 def init_model(directory):
-    """Architecture and checkpoint of the model folder --init_from names (the one --checkpoint chooses); a folder's
+    """The Model of the folder --init_from names (the checkpoint --checkpoint chooses); a folder's
     best/ finds the architecture in the folder above. --image_height, --image_width and --max_stepsize may differ
     from the model's when its RNN can take the new conv features."""
     if not os.path.isdir(directory):
         raise UserError('--init_from=%s: no such folder' % directory)
     folder = ModelFolder(directory)
-    checkpoint = folder.chosen(FLAGS.checkpoint)[0]
+    checkpoint, record = folder.chosen(FLAGS.checkpoint)
     if checkpoint is None:
         raise UserError('--init_from=%s holds no model checkpoint' % directory)
     saved = folder.architecture() or ModelFolder(os.path.dirname(os.path.normpath(directory))).architecture()
@@ -442,7 +482,7 @@ def init_model(directory):
                         'gave %d: its RNN cannot take them (choose a height from %d to %d)' % (
                             directory, arch.image_height, height, saved.image_height, saved_height,
                             *ocr.image_heights(arch, saved_height)))
-    return arch, checkpoint
+    return Model(folder, arch, checkpoint, record, 'for --init_from')
 
 
 def start_model(session, start, outputs, placement):
@@ -453,12 +493,10 @@ def start_model(session, start, outputs, placement):
     utils.remove_leftovers(start.folder)
     session.run(v1.global_variables_initializer())
     with placement:
-        if start.init_checkpoint:
+        if start.init:
             wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
-            check_fits(start.init_checkpoint, wanted, 'for --init_from')
-            with checkpoint_errors(start.init_checkpoint):
-                v1.train.Saver({v.op.name: v for v in wanted}).restore(session, start.init_checkpoint)
-            log.info('initialised the model from %s (step 0, fresh optimiser)', start.init_checkpoint)
+            init = read_checkpoint(start.init, lambda model: restore_checkpoint(session, model, variables=wanted))[0]
+            log.info('initialised the model from %s (step 0, fresh optimiser)', init.checkpoint)
         if start.resumed:
             outputs.resume(session, start.resumed)
             log.info('restored %s at step %d', start.resumed.checkpoint, session.run(v1.train.get_global_step()))
@@ -470,7 +508,7 @@ def train(task):
     """Trains in this process alone, or as a task of the cluster that TF_CONFIG or the cluster flags describe. A ps
     task serves variables. The process that owns checkpoint_dir (alone, or the cluster's chief) starts the model,
     validates and saves; another worker trains on its shard of train_dir in step with the others and writes
-    nothing."""
+    nothing. Returns the signal that stopped it, or None."""
     if task and task.job == 'ps':
         return ocr.serve_variables(task, cluster_config(task))
     replication = ocr.Replication(task, cluster_config(task), FLAGS.cluster_timeout, FLAGS.sync_replicas,
@@ -484,6 +522,7 @@ def train(task):
     train_data, train_count = labelled_set(FLAGS.train_dir, 'train_dir', arch, charset, FLAGS.batch_size, shard,
                                            shuffle=True, seed=FLAGS.seed + shard[0], repeat=FLAGS.num_epochs,
                                            augment=FLAGS.augment)
+    check_memory(arch, FLAGS.batch_size, FLAGS.optimizer)
     outputs = TrainingOutputs(start.folder, arch, charset, train_count) if owner else None
     if not owner:
         log.info('%s: training on %d images of %s', task, train_count, FLAGS.train_dir)
@@ -508,6 +547,7 @@ def train(task):
             replication.end(session)
         elif replication:
             log.info('%s: stopped at step %d', task, step)
+    return interrupted[0] if interrupted else None
 
 
 @contextlib.contextmanager
@@ -652,8 +692,8 @@ class TrainingOutputs:
     def resume(self, session, model):
         """Restores a Model of the folder and takes over its lists of checkpoints and its best record."""
         restore(session, model, self.rolling)
-        state = tf.train.get_checkpoint_state(self.folder.directory)
-        self.rolling.recover_last_checkpoints(state.all_model_checkpoint_paths if state else [])
+        self.rolling.recover_last_checkpoints([path for _, path in sorted(self.folder.steps(self.folder.directory)
+                                                                          .items())])
         best_path, best = self.folder.best()
         if best_path:
             self.best = best
@@ -817,8 +857,8 @@ def readings_image(results):
     """A TensorBoard image of the first validation images, each above its label and reading, wrong ones first."""
     rows = []
     for i in wrong_first(results):
-        image = cv2.imread(results['paths'][i], cv2.IMREAD_COLOR)
-        image = cv2.resize(image if image is not None else np.zeros((60, 180, 3), np.uint8), (240, 80))
+        image = utils.read_image(results['paths'][i], 80, 240, 3)[0] if results['ok'][i] else np.zeros((80, 240, 3),
+                                                                                                     np.uint8)
         caption = np.full((24, 240, 3), 255, np.uint8)
         cv2.putText(caption, 'label %s read %s' % (results['labels'][i], results['predictions'][i]), (4, 17),
                     cv2.FONT_HERSHEY_PLAIN, 1.0, (0, 0, 0) if results['predictions'][i] == results['labels'][i]
@@ -843,6 +883,29 @@ def result_lines(results):
 
 
 # --- devices and sessions -------------------------------------------------------
+
+MEMORY_WARNING = 0.8  # of the memory the machine gives: an estimate above it is warned about
+MEMORY_FIELDS = ('image_height', 'image_width', 'cnn_count', 'out_channels', 'num_hidden', 'rnn_layers')
+
+
+def check_memory(arch, batch_size, optimizer=None):
+    """A run whose estimated memory (ocr.memory_needed: a training step with its optimizer, else a reading of
+    batch_size images) is more than the machine gives is a UserError naming the sizes and the estimate; one close
+    to it, a warning. On GPU towers the activations are on the GPUs and are not counted."""
+    needed = ocr.memory_needed(arch, batch_size, optimizer)
+    if FLAGS.num_gpus and FLAGS.tower_device == 'gpu':
+        del needed['activations']
+    available, whence = utils.memory_available()
+    total = sum(needed.values())
+    if total < MEMORY_WARNING * available:
+        return
+    message = '--batch_size=%d with %s needs about %.1f GB of memory (%s); this machine gives it %.1f GB (%s)' % (
+        batch_size, ' '.join('%s=%s' % (name, getattr(arch, name)) for name in MEMORY_FIELDS), total / 1e9,
+        ', '.join('%s %.1f GB' % (part, size / 1e9) for part, size in needed.items()), available / 1e9, whence)
+    if total > available:
+        raise UserError(message + ': lower them')
+    log.warning('warning: %s: it may run out of memory', message)
+
 
 def tower_devices():
     """One device per tower: ['/cpu:0'] for --num_gpus=0, the first N GPUs for N (N logical CPUs with

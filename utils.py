@@ -9,7 +9,6 @@ import collections
 import contextlib
 import errno
 import fcntl
-import io
 import json
 import logging
 import math
@@ -22,13 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 
-import cv2
-import numpy as np
-import PIL.Image
-from absl import app, flags
-from absl import logging as absl_logging  # before our --log_dir, which replaces its own (for log files)
+MAX_IMAGE_PIXELS = 2 ** 24  # larger image files, of any format, are not decoded: a text line is never that large
+os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'] = str(MAX_IMAGE_PIXELS)  # OpenCV reads it once, when it loads
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402; before our --log_dir, which replaces its own (for log files)
 
 CONTEST_CHARSET = '0123456789+-*()'  # the contest's expressions: digits, operators, parentheses
 EXPORT_FORMATS = ('saved_model', 'tflite', 'onnx')  # what --mode=export writes beside the model folder
@@ -229,16 +228,11 @@ rule(['precision', 'num_gpus', 'tower_device'], lambda precision, num_gpus, towe
     num_gpus and tower_device == 'gpu'), '--precision=bf16 is for the CPU (--num_gpus=0); on GPUs use --precision=fp16')
 rule(['ps_hosts', 'worker_hosts', 'job_name'], lambda ps_hosts, worker_hosts, job_name: bool(ps_hosts) == bool(
     worker_hosts) == bool(job_name), 'a cluster needs --ps_hosts, --worker_hosts and --job_name')
-MAX_BATCH_PIXELS = 2 ** 26  # batch_size x image_height x image_width; the first conv unit's output: 256 bytes each
-rule(['batch_size', 'image_height', 'image_width'], lambda batch_size, image_height, image_width: (
-    batch_size * image_height * image_width <= MAX_BATCH_PIXELS), 'at most %d pixels a batch (the first conv unit '
-     'alone would need %.0f GB for more)' % (MAX_BATCH_PIXELS, MAX_BATCH_PIXELS * 256 / 1e9))
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp')
 MAX_NAME_BYTES = 255  # longest file name of common file systems
 NO_READABLE_IMAGES = 'not one image of this folder can be read'  # the error of a folder of unreadable files
 CACHE_BYTES = 256 * 2 ** 20  # LabelledImages keeps the decoded images of a data set that fits
-MAX_IMAGE_PIXELS = 64 * 2 ** 20  # larger image files are unreadable: a text line is never that large
 
 log = logging.getLogger('ocr')
 
@@ -294,6 +288,29 @@ def cpu_has_bf16():
             return any(flag in cpuinfo.read() for flag in ('avx512_bf16', 'amx_bf16'))
     except OSError:
         return False
+
+
+CGROUP_MEMORY = (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),  # v2: limit, use
+                 ('/sys/fs/cgroup/memory/memory.limit_in_bytes', '/sys/fs/cgroup/memory/memory.usage_in_bytes'))
+
+
+def memory_available():
+    """(bytes, whence) this process can still take: the least of its cgroup's limit less its use, and the memory
+    the machine has available (MemAvailable)."""
+    figures = []
+    for limit, use in CGROUP_MEMORY:
+        try:
+            with open(limit) as limit_file, open(use) as use_file:
+                figures.append((int(limit_file.read()) - int(use_file.read()), 'its memory limit (cgroup)'))
+        except (OSError, ValueError):  # no such cgroup, or no limit ('max')
+            pass
+    try:
+        with open('/proc/meminfo') as meminfo:
+            kilobytes = re.search(r'MemAvailable:\s*(\d+) kB', meminfo.read())
+        figures.append((int(kilobytes.group(1)) * 1024, 'its available memory'))
+    except (OSError, AttributeError):
+        pass
+    return min(figures) if figures else (math.inf, 'no figure')
 
 
 def lr_boundaries():
@@ -477,28 +494,32 @@ def printable_name(name):
     return escaped.decode('utf-8', 'backslashreplace')
 
 
-def write_atomically(path, text):
-    """Writes a text file whole or not at all: a temporary file in the same folder, then a rename over path. The
-    file keeps the mode of the one it replaces, a new one gets the umask's; a link's target is written, the link
-    kept."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """An open text file that appears at path whole when the block ends, or not at all: a temporary file in the same
+    folder, then a rename over path. The file keeps the mode of the one it replaces, a new one gets the umask's; a
+    link's target is written, the link kept."""
     path = os.path.realpath(path)
-    folder = os.path.dirname(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = 0o666 & ~current_umask()
-    handle, temporary = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(handle, 'w', encoding='utf-8') as file:
-            file.write(text)
+    with tempfile.NamedTemporaryFile('w', encoding='utf-8', dir=os.path.dirname(path), delete=False,
+                                     prefix='.%s.' % os.path.basename(path), suffix='.tmp') as file:
+        try:
+            yield file
             file.flush()
             os.fchmod(file.fileno(), mode)
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+            os.replace(file.name, path)
+        except BaseException:
+            os.remove(file.name)
+            raise
+
+
+def write_atomically(path, text):
+    with atomic_file(path) as file:
+        file.write(text)
 
 
 def current_umask():
@@ -510,14 +531,20 @@ def current_umask():
 def check_writable(directory, where):
     """A folder to write into, made when needed: refused, naming `where` (the flag at fault), when it is not a
     folder, or cannot be made because a folder above it is a file, or this user may not write there. Makes nothing."""
-    existing = os.path.abspath(directory)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(directory)
     if not os.path.isdir(existing):
         raise UserError('%s: %s is a file, not a folder' % (where, existing))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError('%s: no permission to %s %s' % (
             where, 'write in' if existing == os.path.abspath(directory) else 'create folders in', existing))
+
+
+def nearest_existing(path):
+    """The path, or the nearest folder above it that exists."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    return existing
 
 
 def read_record(path):
@@ -673,12 +700,15 @@ class ModelFolder:
     EXPORT_RECORD = 'model.json'
     CLUSTER = 'cluster.json'
     LOCK = 'training.lock'
+    IN_USE = '--checkpoint_dir=%s is in use by another training (%s): wait for it to end, or choose another ' \
+        '--checkpoint_dir'
     LEFTOVERS = re.compile(r'.*\.tempstate\d*|.*\.meta\.tmp.*|checkpoint\.tmp.*|\..*\.tmp|.*_temp')
 
     def __init__(self, directory):
         self.directory = directory
         self.best_dir = os.path.join(directory, self.BEST)
         self.checkpoint_prefix = os.path.join(directory, self.CHECKPOINT_PREFIX)
+        self.held = False  # whether this process holds the folder's lock
 
     def path(self, name):
         return os.path.join(self.directory, name)
@@ -781,31 +811,58 @@ class ModelFolder:
 
     def check_not_in_use(self):
         """A folder a live training holds is a UserError that names the holder (checked before a training starts)."""
-        if os.path.lexists(self.path(self.LOCK)):
-            with self.locked():
-                pass
+        holder = self.holder()
+        if holder:
+            raise UserError(self.IN_USE % (self.directory, holder))
+
+    def holder(self):
+        """What holds the folder for a training ('process PID on HOST'), or None: no training, or this process."""
+        if self.held or not os.path.lexists(self.path(self.LOCK)):
+            return None
+        with self.open_lock('r') as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return lock.read().strip() or 'starting'
+        return None
 
     @contextlib.contextmanager
     def locked(self):
         """Holds the folder for one training: an OS lock (flock) on training.lock, which names its holder for the
         messages. The OS lets it go when the process ends, however it ends: there is no stale lock to take over."""
         os.makedirs(self.directory, exist_ok=True)
-        path = self.path(self.LOCK)
-        try:
-            lock = open(path, 'a+')
-        except OSError as error:
-            raise UserError('%s cannot be opened as a lock file (%s)' % (path, error.strerror))
-        with lock:
+        with self.open_lock('a+') as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.seek(0)
-                raise UserError('--checkpoint_dir=%s is in use by another training (%s): wait for it to end, or '
-                                'choose another --checkpoint_dir' % (self.directory, lock.read().strip() or 'starting'))
+                raise UserError(self.IN_USE % (self.directory, lock.read().strip() or 'starting'))
             lock.truncate(0)
             lock.write('process %d on %s\n' % (os.getpid(), socket.gethostname()))
             lock.flush()
-            yield
+            self.held = True
+            try:
+                yield
+            finally:
+                self.held = False
+
+    def open_lock(self, mode):
+        try:
+            return open(self.path(self.LOCK), mode)
+        except OSError as error:
+            raise UserError('%s cannot be opened as a lock file (%s)' % (self.path(self.LOCK), error.strerror))
+
+    def check_not_output(self, path, where):
+        """An output (infer's readings, an export) in this folder or its best/, or a link to one of their files,
+        is a UserError naming it: it would write over the model being read."""
+        folders = [os.path.realpath(folder) for folder in (self.directory, self.best_dir)]
+        real = os.path.realpath(path)
+        files = [os.path.join(folder, name) for folder in folders if os.path.isdir(folder)
+                 for name in os.listdir(folder)]
+        if real in folders or os.path.dirname(real) in folders or os.path.isfile(path) and any(
+                os.path.samefile(path, name) for name in files):
+            raise UserError('%s is in, or a link into, %s, the model being read: write outside it' % (
+                where, self.directory))
 
 
 def remove_leftovers(model_folder):
@@ -977,20 +1034,6 @@ def opaque_uint8(image):
     return image
 
 
-def stored_size(data):
-    """The pixel count an image file's header gives (0 where Pillow cannot tell), before anything is decoded: a
-    small file may decode to gigabytes. Pillow's own bound (a warning, then an error) gives way to MAX_IMAGE_PIXELS."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(io.BytesIO(data.tobytes())) as image:
-                return image.width * image.height
-    except PIL.Image.DecompressionBombError:
-        return math.inf
-    except Exception:  # noqa: BLE001  (any file Pillow cannot parse is left to OpenCV)
-        return 0
-
-
 def read_image(path, height, width, channels):
     """One image file -> (uint8 [height, width, channels], ok). An unreadable file gives zeros and ok=False."""
     path = os.fsdecode(path)
@@ -999,15 +1042,13 @@ def read_image(path, height, width, channels):
     # alpha and depth included, for opaque_uint8.
     jpeg = data[:2].tobytes() == b'\xff\xd8'
     decoding = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) if jpeg else cv2.IMREAD_UNCHANGED
-    size = stored_size(data)
-    try:
-        image = cv2.imdecode(data, decoding) if data.size and size <= MAX_IMAGE_PIXELS else None
-    except cv2.error:
-        image = None
+    try:  # OpenCV refuses an image larger than MAX_IMAGE_PIXELS from its header, before it decodes
+        image, too_large = cv2.imdecode(data, decoding) if data.size else None, False
+    except cv2.error as error:
+        image, too_large = None, 'validateInputImageSize' in str(error)
     if image is None:
-        log.warning('warning: cannot read image %s%s', printable_name(path), ' (%s: at most %d pixels are read)' % (
-            '%d pixels' % size if size < math.inf else 'more pixels than Pillow opens', MAX_IMAGE_PIXELS)
-            if size > MAX_IMAGE_PIXELS else '')
+        log.warning('warning: cannot read image %s%s', printable_name(path),
+                    ' (over %d pixels: larger images are not read)' % MAX_IMAGE_PIXELS if too_large else '')
         return np.zeros((height, width, channels), np.uint8), False
     image = opaque_uint8(image)
     if channels == 1 and image.ndim == 3:

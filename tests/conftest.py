@@ -8,13 +8,14 @@ import sys
 import time
 import zlib
 
-import cv2
-import numpy as np
-import pytest
-import tensorflow as tf
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import utils  # noqa: E402  (first: it sets OpenCV's pixel bound, which OpenCV reads when it loads)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 tf.compat.v1.disable_eager_execution()
 
 # A small model that trains in seconds: 32x96 grey images, 3 conv units -> 12 time steps, one LSTM layer.
@@ -48,6 +49,14 @@ def png_claiming(width, height):
     return bytes(data)
 
 
+def hdr_of(width, height):
+    """A Radiance HDR file of width x height pixels, every scanline run-length encoded (about 570 bytes for 9,000
+    pixels): a few MB that OpenCV, unbounded, decodes to gigabytes of float pixels."""
+    runs = bytes([128 + 127, 200]) * (width // 127) + (bytes([128 + width % 127, 200]) if width % 127 else b'')
+    scanline = bytes([2, 2, width >> 8, width & 255]) + runs * 4
+    return b'#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n' % (height, width) + scanline * height
+
+
 def random_labels(count, charset='0123456789', min_len=2, max_len=5, seed=0):
     rng = np.random.default_rng(seed)
     return [''.join(rng.choice(list(charset), rng.integers(min_len, max_len + 1))) for _ in range(count)]
@@ -67,8 +76,6 @@ def run_cli(*args, script='main.py', cwd=REPO):
 @pytest.fixture
 def flags():
     """Parses main.py's flags in this process (flags(*arguments)) and forgets them after the test."""
-    import utils
-
     def parse(*extra):
         utils.FLAGS.unparse_flags()
         utils.FLAGS(['main.py', *extra])

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import main
 import utils
 from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, folders, run_cli, train, wait_for, write_text_images
 
@@ -230,13 +231,14 @@ def read_line_with(process, text):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_step_and_ends_like_ctrl_c(dataset):
+def test_sigterm_saves_the_step_and_exits_143_for_a_scheduler(dataset):
     process = start_training(dataset, '--max_steps=100000')
     wait_for(lambda: checkpoint_state(dataset / 'checkpoint') is not None or process.poll() is not None)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     step = int(re.search(r'interrupted at step (\d+)', stdout).group(1))
-    assert process.returncode == 0 and 'Traceback' not in stderr
+    assert process.returncode == 128 + signal.SIGTERM == 143 and 'Traceback' not in stderr
+    assert 'stopped by SIGTERM: exit code 143' in stdout
     assert 'ocr-model-%d"' % step in checkpoint_state(dataset / 'checkpoint')
 
 
@@ -342,9 +344,18 @@ def test_damaged_architectures_and_checkpoints_are_named(trained):
     assert refused('%s cannot be read (Is a directory)' % architecture)
     architecture.rmdir()
     architecture.write_text(saved)
-    data = next((checkpoint / 'best').glob('*.data-*'))
-    data.write_bytes(data.read_bytes()[:100])
-    assert refused('cannot be read, its files are damaged or incomplete')
+    for pattern in ('*.data-*', '*.index'):  # truncated, as a full disk leaves them
+        damaged = next((checkpoint / 'best').glob(pattern))
+        damaged.write_bytes(damaged.read_bytes()[:100])
+        assert refused('%s cannot be read' % (damaged.parent / damaged.name.split('.')[0]))
+        assert refused('its files are damaged or incomplete; delete them to use an earlier checkpoint')
+    for path in (checkpoint / 'best').glob('ocr-model-*'):  # as the error advises
+        path.unlink()
+    (checkpoint / 'checkpoint').write_bytes(b'\xff\xfe garbage')  # TensorFlow's list of checkpoints, damaged
+    result = train(tmp_path, '--restore', '--checkpoint=latest', '--max_steps=6')
+    assert result.returncode == 0 and 'restored %s at step 4' % (checkpoint / 'ocr-model-4') in result.stdout, \
+        result.stderr
+    assert 'ocr-model-6' in (checkpoint / 'checkpoint').read_text()
 
 
 @pytest.mark.slow
@@ -360,7 +371,7 @@ def test_trainings_started_at_once_into_one_folder_one_trains_the_others_are_ref
             assert process.returncode == 2 and 'is in use by another training (process %d on ' % winner.pid in \
                 process.stderr.read()
     winner.send_signal(signal.SIGTERM)
-    assert winner.wait(timeout=300) == 0
+    assert winner.wait(timeout=300) == 143
 
 
 def test_a_lock_that_cannot_be_opened_is_named(tmp_path):
@@ -378,3 +389,83 @@ def test_export_to_a_place_it_cannot_write_is_refused_by_name(trained):
         result = run_cli('--mode=export', '--export_dir=%s' % export_dir, *folders(tmp_path))
         assert result.returncode == 2 and '--export_dir=%s' % export_dir in result.stderr, result.stderr
         assert any(part in result.stderr for part in message.split('|')), result.stderr
+
+
+def test_a_checkpoint_that_a_training_replaces_while_it_is_read_gives_way_to_the_new_one(tmp_path, flags, caplog,
+                                                                                          monkeypatch):
+    folder = utils.ModelFolder(str(tmp_path / 'model'))
+    os.makedirs(folder.best_dir)
+    for step in (3, 5):  # best/ as a training leaves it between writing best.json and removing the checkpoint it names
+        (tmp_path / 'model' / 'best' / ('ocr-model-%d.index' % step)).write_bytes(b'')
+    folder.save_best_record({'step': 5, 'accuracy': 0.5, 'cer': 0.1})
+    flags()
+    monkeypatch.setattr(main.time, 'sleep', lambda seconds: None)
+    removed = main.Model(folder, None, os.path.join(folder.best_dir, 'ocr-model-3'), None, 'for the test')
+
+    def read(model):  # the checkpoint read: the removed one raises, the new one reads
+        if not os.path.exists(model.checkpoint + '.index'):
+            raise main.UnreadableCheckpoint(model.checkpoint)
+        return 'read'
+
+    with utils.ModelFolder(folder.directory).locked():  # a training holds the folder
+        model, result = main.read_checkpoint(removed, read)
+        assert model.checkpoint.endswith('best/ocr-model-5') and result == 'read'
+        assert 'ocr-model-3 changed while it was read (a training saves in' in caplog.text
+        monkeypatch.setattr(main, 'READ_ATTEMPTS', 1)
+        with pytest.raises(main.UnreadableCheckpoint, match='a training \\(process %d on .*\\) saves in .*read it again '
+                           'when it has saved' % os.getpid()) as raised:
+            main.read_checkpoint(removed._replace(checkpoint=str(tmp_path / 'model' / 'ocr-model-9')),
+                                 main.checkpoint_variables)
+        assert 'delete' not in str(raised.value)
+    with pytest.raises(main.UnreadableCheckpoint, match='damaged or incomplete; delete them'):  # no training
+        main.read_checkpoint(removed, main.checkpoint_variables)
+
+
+@pytest.mark.slow
+def test_outputs_that_are_files_of_the_model_being_read_are_refused_by_any_path(trained):
+    tmp_path, _ = trained
+    checkpoint = tmp_path / 'checkpoint'
+    before = {path: path.read_bytes() for path in checkpoint.rglob('*') if path.is_file()}
+    (tmp_path / 'soft.json').symlink_to(checkpoint / 'architecture.json')
+    os.link(checkpoint / 'best' / 'best.json', tmp_path / 'hard.json')
+    for flag in ('--infer_output=%s' % (checkpoint / 'architecture.json'), '--infer_output=%s' % (tmp_path / 'soft.json'),
+                 '--infer_output=%s' % (tmp_path / 'hard.json'), '--infer_output=%s' % (checkpoint / 'best' / 'new.txt'),
+                 '--export_dir=%s' % (checkpoint / 'best'), '--export_dir=%s' % checkpoint):
+        result = run_cli('--mode=%s' % ('infer' if 'infer' in flag else 'export'), *folders(tmp_path), flag,
+                         '--overwrite')
+        assert result.returncode == 2 and '%s is in, or a link into, %s, the model being read' % (
+            flag, checkpoint) in result.stderr, result.stderr
+    assert before == {path: path.read_bytes() for path in checkpoint.rglob('*') if path.is_file()}
+
+
+@pytest.mark.slow
+def test_sizes_too_big_together_are_refused_by_the_memory_they_need_before_the_model_is_built(dataset):
+    result = train(dataset, '--num_hidden=4096', '--rnn_layers=64')
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    assert re.search(r'--batch_size=16 with image_height=32 image_width=96 cnn_count=3 out_channels=32 num_hidden=4096 '
+                     r'rnn_layers=64 needs about \d+\.\d GB of memory \(weights \d+\.\d GB, optimiser slots and '
+                     r'gradients \d+\.\d GB, activations \d+\.\d GB\); this machine gives it', result.stderr)
+    assert not (dataset / 'checkpoint' / 'architecture.json').exists()
+
+
+def test_a_run_close_to_the_memory_the_machine_gives_is_warned_about(flags, monkeypatch, caplog):
+    flags()
+    arch = utils.architecture_from_flags()
+    needed = sum(main.ocr.memory_needed(arch, 64).values())
+    monkeypatch.setattr(utils, 'memory_available', lambda: (needed * 1.1, 'its memory limit (cgroup)'))
+    main.check_memory(arch, 64)
+    assert 'warning: --batch_size=64 with image_height=40' in caplog.text and 'it may run out of memory' in caplog.text
+    with pytest.raises(utils.UserError, match='this machine gives it .* GB \\(its memory limit \\(cgroup\\)\\): lower'):
+        main.check_memory(arch, 128)
+    caplog.clear()
+    main.check_memory(arch, 8)
+    assert caplog.text == ''
+
+
+@pytest.mark.slow
+def test_infer_and_val_judge_the_batch_by_the_models_images_not_the_flags_defaults(trained):
+    tmp_path, _ = trained
+    for mode in ('infer', 'val'):  # 16384 images of the flags' default 40x120 were refused as too many pixels
+        result = run_cli('--mode=%s' % mode, '--batch_size=16384', *folders(tmp_path))
+        assert result.returncode == 0, result.stderr
+    assert len((tmp_path / 'result.txt').read_text().splitlines()) == 11

@@ -2,8 +2,12 @@
 import os
 import random
 import re
+import shutil
+import stat
 import subprocess
 import sys
+import tracemalloc
+import types
 
 import cv2
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 
 import helper
 import utils
-from conftest import REPO, run_cli
+from conftest import REPO, USER_ENVIRONMENT, run_cli
 from utils import UserError, expression_value, label_from_filename
 
 # Three single digits, two operators, parentheses around two adjacent numbers or none.
@@ -297,6 +301,92 @@ def test_synth_refuses_a_labels_file_it_cannot_write_before_drawing(tmp_path, mo
     with pytest.raises(UserError, match='--labels_file=%s' % re.escape(labels_path)):
         helper.synth(EXPRESSION, 5, str(tmp_path / 'out'), labels_path, True, False)
     assert not (tmp_path / 'out').exists()
+
+
+def test_make_room_counts_ids_0_to_count_minus_1_as_written_and_removes_only_those(tmp_path):
+    for name in ('3_1+2.png', '9.bmp', '007_a.png', '12_b.png', 'x.png', 'notes.txt'):
+        (tmp_path / name).write_bytes(b'')
+    with pytest.raises(UserError, match='2 images with the ids to write already exist'):
+        helper.make_room(10, [str(tmp_path)], overwrite=False)
+    assert helper.make_room(10, [str(tmp_path)], overwrite=True) == 3  # 007_a, 12_b and x are other images
+    assert sorted(os.listdir(tmp_path)) == ['007_a.png', '12_b.png', 'notes.txt', 'x.png']
+
+
+def free_space(monkeypatch, free):
+    """shutil.disk_usage, as helper.py calls it, reports `free` bytes free on every file system."""
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: types.SimpleNamespace(free=free))
+
+
+def test_synth_refuses_more_images_than_the_free_space_before_writing_or_removing_anything(tmp_path, monkeypatch):
+    out_dir, labels_path = tmp_path / 'out', tmp_path / 'out' / 'labels.txt'
+    out_dir.mkdir()
+    (out_dir / '3_1+2.png').write_bytes(b'an earlier image, which --overwrite would replace')
+    labels_path.write_text('an earlier labels file\n')
+    free_space(monkeypatch, 10 ** 6)
+    monkeypatch.setattr(helper, 'write_images', lambda *args: pytest.fail('images drawn'))
+    with pytest.raises(UserError, match=r'^--num_images=100000 needs about [\d.]+ [KMG]?B in --out_dir=%s \(about '
+                                        r'[\d.]+ KB an image\), which has 1 MB free$' % re.escape(str(out_dir))):
+        helper.synth(EXPRESSION, 10 ** 5, str(out_dir), str(labels_path), labelled_names=True, overwrite=True)
+    assert sorted(os.listdir(out_dir)) == ['3_1+2.png', 'labels.txt']
+    assert labels_path.read_text() == 'an earlier labels file\n'
+    free_space(monkeypatch, 10 ** 9)
+    with pytest.raises(UserError, match='--num_images=1000000 needs about .* which has 1 GB free'):
+        helper.synth(EXPRESSION, 10 ** 6, str(tmp_path / 'a' / 'b'), str(labels_path), True, True)
+    assert not (tmp_path / 'a').exists()  # the free space of the nearest folder that exists
+
+
+def test_cli_synth_of_10_to_the_8_images_ends_quickly_with_the_disk_error_in_bounded_memory(tmp_path):
+    limit = 4 << 30  # bytes of address space: the 10^8 ids as strings alone took 6.7 GB
+    code = ('import resource, runpy, shutil, sys, types; resource.setrlimit(resource.RLIMIT_AS, (%d, %d)); '
+            'shutil.disk_usage = lambda path: types.SimpleNamespace(free=10 ** 9); '
+            'sys.path.insert(0, %r); sys.argv[0] = "helper.py"; runpy.run_path(%r, run_name="__main__")' % (
+                limit, limit, REPO, os.path.join(REPO, 'helper.py')))
+    result = subprocess.run([sys.executable, '-c', code, '--mode=synth', '--num_images=100000000',
+                             '--renderer=contest', '--out_dir=%s' % (tmp_path / 'out')],
+                            capture_output=True, text=True, timeout=60, env=USER_ENVIRONMENT)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r'^error: --num_images=100000000 needs about [\d.]+ TB in --out_dir=%s \(about [\d.]+ KB an '
+                     r'image\), which has 1 GB free$' % re.escape(str(tmp_path / 'out')), result.stderr, re.M)
+    assert 'Traceback' not in result.stderr and not (tmp_path / 'out').exists()
+
+
+def write_image_until_100(spec, out_dir, labelled_names, image_id, write_image=helper.write_image):
+    """write_image that fails from image 100 on, as on a full disk."""
+    if image_id >= 100:
+        raise OSError(28, 'No space left on device')
+    return write_image(spec, out_dir, labelled_names, image_id)
+
+
+def test_synth_streams_its_ids_and_leaves_no_labels_file_when_writing_fails(tmp_path, monkeypatch):
+    out_dir, labels_path = tmp_path / 'out', tmp_path / 'labels' / 'labels.txt'
+    out_dir.mkdir()
+    (out_dir / '5_1+2.png').write_bytes(b'an earlier image')
+    free_space(monkeypatch, 10 ** 15)
+    monkeypatch.setattr(helper, 'write_image', write_image_until_100)
+    tracemalloc.start()
+    try:
+        with pytest.raises(OSError, match='No space left on device'):
+            helper.synth(CONTEST, 10 ** 6, str(out_dir), str(labels_path), labelled_names=True, overwrite=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2 ** 20, peak  # a list of the 10^6 ids as strings alone takes about 60 MB
+    assert os.listdir(tmp_path / 'labels') == []  # neither the labels file nor its temporary file
+    assert 100 <= len(os.listdir(out_dir)) < 10 ** 6 and not (out_dir / '5_1+2.png').exists()
+
+
+def test_synth_writes_the_labels_of_the_images_in_order_over_the_earlier_file_keeping_its_mode(tmp_path):
+    spec = EXPRESSION._replace(text='random', charset='ab1', min_len=1, max_len=4, height=24, width=64)
+    labels_path = tmp_path / 'labels' / 'labels.txt'
+    labels_path.parent.mkdir()
+    labels_path.write_text('an earlier labels file\n')
+    labels_path.chmod(0o640)
+    helper.synth(spec, 20, str(tmp_path / 'out'), str(labels_path), labelled_names=False, overwrite=True)
+    expected = [helper.synth_image(spec, image_id) for image_id in range(20)]
+    assert labels_path.read_text() == ''.join(helper.labels_line(k, label) for k, (label, _) in enumerate(expected))
+    assert [(tmp_path / 'out' / ('%d.png' % k)).read_bytes() for k in range(20)] == [png for _, png in expected]
+    assert os.listdir(tmp_path / 'labels') == ['labels.txt'] and len(os.listdir(tmp_path / 'out')) == 20
+    assert stat.S_IMODE(labels_path.stat().st_mode) == 0o640
 
 
 def test_synth_refuses_no_images(tmp_path):

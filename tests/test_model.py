@@ -71,6 +71,33 @@ def minimize(loss, opt, global_step):
     return ocr.apply_gradients(opt.compute_gradients(loss), opt, global_step, updates)
 
 
+@pytest.mark.parametrize('arch, optimizer', [(ORIGINAL, 'adam'), (SMALL._replace(rnn_cell='gru', bidirectional=True),
+                                                                     'momentum'),
+                                              (SMALL._replace(rnn_cell='rhn', rnn_layers=2), 'adam')])
+def test_memory_counts_every_weight_and_optimiser_slot_of_the_training_graph(arch, optimizer):
+    with tf.Graph().as_default():
+        _, _, _, loss, _ = build(arch, 'train')
+        global_step = v1.train.get_or_create_global_step()
+        minimize(loss, ocr.optimizer(optimizer, 0.01, 0.9, 0.999, 0.9), global_step)
+        weights = [v for v in v1.global_variables() if v.op.name.startswith('ocr/')]
+        kept = sum(v.shape.num_elements() for v in weights)
+        model = sum(v.shape.num_elements() for v in weights if not v.op.name.endswith(('/Adam', '/Adam_1',
+                                                                                          '/Momentum')))
+    needed = ocr.memory_needed(arch, 8, optimizer)
+    assert needed['weights'] == 4 * model == 4 * ocr.parameter_count(arch)
+    slots_and_gradients = 4 * (kept - model) + needed['weights']  # the batch norms' moving statistics have no slots
+    assert slots_and_gradients <= needed['optimiser slots and gradients'] <= 1.01 * slots_and_gradients
+
+
+def test_memory_of_a_batch_grows_with_its_images_and_counts_the_first_conv_units_output():
+    arch = ORIGINAL._replace(image_height=40, image_width=100)
+    first_conv = 4 * 16384 * 40 * 100 * 64  # bytes of the first unit's output: the issue's 17 GB
+    reading, training = ocr.memory_needed(arch, 16384), ocr.memory_needed(arch, 16384, 'adam')
+    assert first_conv > 16e9 and reading['activations'] >= 2 * first_conv
+    assert training['activations'] > reading['activations'] == 2 * ocr.memory_needed(arch, 8192)['activations']
+    assert ocr.memory_needed(ORIGINAL._replace(num_hidden=4096, rnn_layers=64), 1)['weights'] > 30e9
+
+
 @pytest.mark.parametrize('batch_size', [1, 7])
 def test_graph_takes_any_batch_size(batch_size):
     with tf.Graph().as_default():

@@ -4,6 +4,7 @@ import logging
 import os
 import socket
 import stat
+import subprocess
 import sys
 
 import cv2
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 import utils
-from conftest import png_claiming, write_text_images
+from conftest import REPO, hdr_of, png_claiming, write_text_images
 
 CHARSET = utils.Charset('0123456789+-*()')
 
@@ -316,10 +317,17 @@ def test_every_size_has_a_bound_named_by_its_flag(flags, flag, value):
         flags('--%s=%d' % (flag, value))
 
 
-def test_a_batch_too_large_for_memory_names_its_three_flags(flags):
-    with pytest.raises(utils.flags.IllegalFlagValueError,
-                       match='flags batch_size=16384, image_height=40, image_width=120: at most 67108864 pixels'):
-        flags('--batch_size=16384')
+def test_the_memory_a_process_can_take_is_its_cgroups_limit_less_its_use_or_the_machines(tmp_path, monkeypatch):
+    for name, text in (('v2.max', '2000000000\n'), ('v2.current', '500000000\n'), ('v1.limit', 'max\n'),
+                       ('v1.usage', '0\n')):
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(utils, 'CGROUP_MEMORY', ())
+    machine = utils.memory_available()
+    assert machine[1] == 'its available memory' and 0 < machine[0] < 2 ** 50
+    monkeypatch.setattr(utils, 'CGROUP_MEMORY', ((str(tmp_path / 'v2.max'), str(tmp_path / 'v2.current')),
+                                                 (str(tmp_path / 'v1.limit'), str(tmp_path / 'v1.usage'))))
+    limited = utils.memory_available()  # the machine's where it has less than 1.5 GB available
+    assert limited == (1500000000, 'its memory limit (cgroup)') or limited[0] < 1500000000
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -333,12 +341,24 @@ def test_a_wrongly_typed_saved_architecture_is_named_by_file_and_field(field, va
         utils.check_architecture(arch._replace(**{field: value}), '/m/architecture.json')
 
 
-def test_an_image_too_large_to_decode_is_unreadable_with_its_size_said(tmp_path, caplog):
+@pytest.mark.parametrize('data', [png_claiming(40000, 40000), hdr_of(9000, 9000)], ids=['png', 'hdr'])
+def test_an_image_over_the_pixel_bound_is_unreadable_whatever_its_format_or_name(tmp_path, caplog, data):
     path = tmp_path / 'bomb.png'
-    path.write_bytes(png_claiming(40000, 40000))
+    path.write_bytes(data)
     image, ok = utils.read_image(str(path), 32, 96, 1)
     assert not ok and image.shape == (32, 96, 1)
-    assert 'bomb.png (more pixels than Pillow opens: at most' in caplog.text
+    assert 'bomb.png (over 16777216 pixels: larger images are not read)' in caplog.text
+
+
+def test_an_hdr_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """Unbounded, OpenCV decodes this 5 MB file into 9000 x 9000 float pixels (about 1 GB)."""
+    (tmp_path / 'bomb.png').write_bytes(hdr_of(9000, 9000))
+    read = subprocess.run([sys.executable, '-c', 'import re, sys, utils\n'  # VmHWM: this process's peak, in kB
+                           'ok = utils.read_image(sys.argv[1], 32, 96, 1)[1]\n'
+                           'print(ok, int(re.search(r"VmHWM:\\s*(\\d+)", open("/proc/self/status").read())[1]) // 1024)',
+                           str(tmp_path / 'bomb.png')], cwd=REPO, capture_output=True, text=True, check=True)
+    ok, peak_mb = read.stdout.split()
+    assert ok == 'False' and int(peak_mb) < 300
 
 
 
