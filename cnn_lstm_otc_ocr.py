@@ -552,7 +552,8 @@ LR_SCHEDULES = ('exponential', 'cosine', 'piecewise')  # learning_rate's schedul
 
 
 def learning_rate(global_step, schedule, initial, decay_steps, decay_rate, boundaries=(), warmup_steps=0):
-    """The learning rate at global_step, optionally raised linearly from 0 over the first warmup_steps.
+    """The learning rate at global_step, optionally raised linearly from 0 over the first warmup_steps (decay_steps
+    and warmup_steps may be tensors: a schedule fitted to a time budget).
 
     exponential: initial * decay_rate ** floor(step / decay_steps) (staircase, the original's);
     cosine: initial * (1 + cos(pi * min(step, decay_steps) / decay_steps)) / 2;
@@ -562,15 +563,14 @@ def learning_rate(global_step, schedule, initial, decay_steps, decay_rate, bound
     if schedule == 'exponential':
         rate = initial * decay_rate ** tf.floor(step / decay_steps)
     elif schedule == 'cosine':
+        decay_steps = tf.cast(decay_steps, tf.float32)
         rate = initial * 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(step, decay_steps) / decay_steps))
     elif schedule == 'piecewise':
         passed = tf.reduce_sum(tf.cast(step >= tf.constant(list(boundaries), tf.float32), tf.float32))
         rate = initial * decay_rate ** passed
     else:
         raise ValueError('unknown learning-rate schedule %r' % schedule)
-    if warmup_steps:
-        rate *= tf.minimum(1.0, (step + 1.0) / warmup_steps)
-    return rate
+    return rate * tf.minimum(1.0, (step + 1.0) / tf.maximum(tf.cast(warmup_steps, tf.float32), 1.0))
 
 
 OPTIMIZERS = ('adam', 'momentum')  # --optimizer

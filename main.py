@@ -485,13 +485,13 @@ def init_model(directory):
     return Model(folder, arch, checkpoint, record, 'for --init_from')
 
 
-def start_model(session, start, outputs, placement):
+def start_model(session, start, outputs, placement, schedule):
     """Initialises the model, or loads it (--init_from) or resumes it (--restore), in the folder held for the
     training (what an interrupted training left removed, and with --overwrite the model it replaces)."""
     if start.replace:
         start.folder.remove_model()
     utils.remove_leftovers(start.folder)
-    session.run(v1.global_variables_initializer())
+    session.run([v1.global_variables_initializer(), schedule.end.initializer])
     with placement:
         if start.init:
             wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
@@ -530,17 +530,18 @@ def train(task):
     placement = replication.placement if replication else contextlib.nullcontext
     with placement():
         global_step = v1.train.get_or_create_global_step()
+        schedule = FittedSchedule()
         batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
-        training, opt = ocr.training_graph(arch, batch, hyperparameters(), global_step, devices, *(
+        training, opt = ocr.training_graph(arch, batch, hyperparameters(schedule.end), global_step, devices, *(
             (replication.devices(), task.replicas if FLAGS.sync_replicas else 0) if replication else ()))
         if replication:
             replication.build(opt)
         if outputs:
             outputs.build(arch, training)
     interrupted = stop_on_signals()
-    with training_session(start, replication, outputs, arch, placement()) as session:
+    with training_session(start, replication, outputs, arch, placement(), schedule) as session:
         step = training_loop(session, dict(training, paths=batch['paths']), outputs, replication, train_count,
-                             interrupted)
+                             interrupted, schedule)
         if outputs:
             outputs.close(session, step, bool(interrupted))
         if replication and owner:
@@ -551,7 +552,7 @@ def train(task):
 
 
 @contextlib.contextmanager
-def training_session(start, replication, outputs, arch, placement):
+def training_session(start, replication, outputs, arch, placement, schedule):
     """The session a training runs in: the owner of checkpoint_dir holds the folder and starts the model in it (a
     chief then publishes it to the cluster and records the cluster there); another worker waits for the chief."""
     if start is None:
@@ -561,45 +562,76 @@ def training_session(start, replication, outputs, arch, placement):
     with start.folder.locked():
         if replication is None:
             with v1.Session(config=session_config()) as session:
-                start_model(session, start, outputs, placement)
+                start_model(session, start, outputs, placement, schedule)
                 yield session
             return
-        with replication.chief_session(lambda session: start_model(session, start, outputs, placement),
+        with replication.chief_session(lambda session: start_model(session, start, outputs, placement, schedule),
                                        json.dumps(arch._asdict())) as session:
             start.folder.save_record(ModelFolder.CLUSTER, replication.task.cluster)
             yield session
 
 
-def training_loop(session, training, outputs, replication, train_count, interrupted):
-    """Runs training steps until --max_steps, the end of --num_epochs, a signal (the list interrupted holds it) or
-    the chief's end of a cluster's training; returns the last step."""
+def training_loop(session, training, outputs, replication, train_count, interrupted, schedule):
+    """Runs training steps until the step limit or the time budget, the end of --num_epochs, --patience, a signal
+    (the list interrupted holds it) or the chief's end of a cluster's training; returns the last step. The process
+    that owns the training (outputs) keeps the budget and fits the schedule to it."""
     step = session.run(v1.train.get_global_step())
-    first_step, timer = step + 1, StepTimer()
+    first_step, timer, limit = step + 1, StepTimer(), utils.step_limit()
+    clock = utils.TrainingClock(60 * FLAGS.max_minutes if outputs else 0, limit)
     if outputs:
         outputs.start(session, step)
+        log.info('training from step %d until %s', step, ' or '.join(
+            (['step %d' % limit] if limit else []) + (['%s have passed (--max_minutes)' % utils.Progress.duration(
+                clock.budget)] if clock.budget else []) + ['the end of --num_epochs=%d' % FLAGS.num_epochs]))
     fetches = dict(training, summary=outputs.summaries) if outputs else training
     try:
-        while (not FLAGS.max_steps or step < FLAGS.max_steps) and not interrupted and not (
-                replication and replication.chief_ended(session)):
+        while (not limit or step < limit) and not interrupted and not (replication and replication.chief_ended(
+                session)) and not (outputs and (clock.over(step) or outputs.out_of_patience())):
             fetched = session.run(fetches)
             before, step = step, fetched['step']
             timer.ran()
+            clock.stepped(step)
             check_finite(step, fetched)
-            if crossed_multiple(before, step, LOG_EVERY_STEPS) or step != before and step in (first_step,
-                                                                                             FLAGS.max_steps):
-                log.info('step %d epoch %.2f loss %.4f lr %.6f gradient norm %.2f %.1f images/s', step,
+            if crossed_multiple(before, step, LOG_EVERY_STEPS) or step != before and step in (first_step, limit):
+                log.info('step %d epoch %.2f loss %.4f lr %.6f gradient norm %.2f %.1f images/s, %s', step,
                          step * FLAGS.batch_size / train_count, fetched['loss'], fetched['rate'],
-                         fetched['gradient_norm'], timer.images_per_second())
+                         fetched['gradient_norm'], timer.images_per_second(), clock.text(step))
                 if outputs:
                     outputs.writer.add_summary(fetched['summary'], step)
+                    schedule.follow(session, clock, step)
+            started = time.monotonic()
             if outputs and outputs.after_step(session, before, step):
+                clock.paused(time.monotonic() - started)
                 timer.restart()  # images/s counts training steps only
     except tf.errors.OutOfRangeError:
         log.info('%sfinished --num_epochs=%d%s', '' if outputs else '%s: ' % replication.task, FLAGS.num_epochs,
                  '' if outputs else ' of its shard')
-    if FLAGS.max_steps and first_step > FLAGS.max_steps:
-        log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, FLAGS.max_steps)
+    if limit and first_step > limit:
+        log.info('the model is already at step %d, --max_steps=%d: nothing to train', step, limit)
     return step
+
+
+class FittedSchedule:
+    """The step at which the cosine schedule ends: a variable outside every collection (not saved; initialised by
+    start_model; in a cluster on a ps task, where every worker reads it). With a time budget the process that owns
+    the training moves it, as its clock re-estimates the steps the budget holds."""
+
+    def __init__(self):
+        self.end = v1.get_variable('schedule_end', initializer=float(utils.decay_steps()), trainable=False,
+                                   collections=[])
+        self.value = v1.placeholder(tf.float32, [])
+        self.move = self.end.assign(self.value)
+        self.announced = False
+
+    def follow(self, session, clock, step):
+        end = clock.end_step(step)
+        if not utils.fitted_schedule() or end is None:
+            return
+        session.run(self.move, {self.value: end})
+        if not self.announced:
+            log.info('at %.1f steps/s the cosine schedule ends at about step %d, when the training does (it follows '
+                     'the rate)', clock.rate(step), end)
+            self.announced = True
 
 
 class StepTimer:
@@ -654,12 +686,19 @@ def check_finite(step, fetched):
                         step, fetched['loss'], ', '.join(utils.shorten(bad))))
 
 
-def hyperparameters():
+def hyperparameters(schedule_end):
+    """The training's hyperparameters; a cosine schedule ends at the schedule_end tensor, and its default warm-up
+    takes at most a tenth of it."""
+    cosine = FLAGS.lr_schedule == 'cosine'
+    warmup = utils.warmup_steps()
+    if cosine and not FLAGS['warmup_steps'].present:
+        warmup = tf.minimum(float(warmup), schedule_end / 10)
     return ocr.Hyperparameters(
         optimizer=FLAGS.optimizer, initial_learning_rate=FLAGS.initial_learning_rate, lr_schedule=FLAGS.lr_schedule,
-        decay_steps=utils.decay_steps(), decay_rate=FLAGS.decay_rate, lr_boundaries=utils.lr_boundaries(),
-        warmup_steps=utils.warmup_steps(), beta1=FLAGS.beta1, beta2=FLAGS.beta2, momentum=FLAGS.momentum,
-        keep_prob=FLAGS.output_keep_prob, clip_norm=FLAGS.clip_norm, loss_scaling=FLAGS.precision == 'fp16')
+        decay_steps=schedule_end if cosine else utils.decay_steps(), decay_rate=FLAGS.decay_rate,
+        lr_boundaries=utils.lr_boundaries(), warmup_steps=warmup, beta1=FLAGS.beta1, beta2=FLAGS.beta2,
+        momentum=FLAGS.momentum, keep_prob=FLAGS.output_keep_prob, clip_norm=FLAGS.clip_norm,
+        loss_scaling=FLAGS.precision == 'fp16')
 
 
 # --- training: what it writes ---------------------------------------------------
@@ -678,6 +717,7 @@ class TrainingOutputs:
         log.info('training on %d images of %s, validating on %d of %s; %d time steps, %d classes',
                  train_count, FLAGS.train_dir, val_count, FLAGS.val_dir, ocr.time_steps(arch), charset.num_classes)
         self.best = {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
+        self.stale = 0  # validations since the best
 
     def build(self, arch, training):
         """The graph's part: the validation reader, summaries and savers; the summary writer."""
@@ -711,6 +751,12 @@ class TrainingOutputs:
             self.save(session, step)
         return step in (self.validated_step, self.saved_step)
 
+    def out_of_patience(self):
+        if FLAGS.patience and self.stale >= FLAGS.patience:
+            log.info('no better validation in the last %d (--patience=%d): stopping', self.stale, FLAGS.patience)
+            return True
+        return False
+
     def close(self, session, step, interrupted):
         """Saves the last step, and validates it unless Ctrl-C stopped the training."""
         if interrupted:
@@ -740,8 +786,9 @@ class TrainingOutputs:
             v1.Summary.Value(tag='val/accuracy', simple_value=accuracy),
             v1.Summary.Value(tag='val/cer', simple_value=cer),
             v1.Summary.Value(tag='val/readings', image=readings_image(results))]), step)
+        self.stale += 1
         if (accuracy, -cer) > (self.best['accuracy'], -self.best['cer']):
-            self.best = {'step': int(step), 'accuracy': accuracy, 'cer': cer}
+            self.best, self.stale = {'step': int(step), 'accuracy': accuracy, 'cer': cer}, 0
             with save_errors(self.folder, step, self.folder.best_dir):
                 self.best_saver.save(session, os.path.join(self.folder.best_dir, ModelFolder.CHECKPOINT_PREFIX),
                                      global_step=step)

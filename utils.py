@@ -80,8 +80,12 @@ flags.DEFINE_string('init_from', '', 'train: start from the weights of this mode
 flags.DEFINE_integer('batch_size', 64, 'images per step (train, val and infer)', lower_bound=1, upper_bound=16384)
 flags.DEFINE_integer('num_epochs', 10000, 'stop training after this many passes over train_dir', lower_bound=1,
                      upper_bound=10 ** 9)
-flags.DEFINE_integer('max_steps', 4000, 'stop training at this global step (0: no limit); the cosine schedule ends '
-                     'there', lower_bound=0, upper_bound=STEPS)
+flags.DEFINE_integer('max_steps', 4000, 'stop training at this global step (0: no limit; with --max_minutes only '
+                     'when given); the cosine schedule ends there', lower_bound=0, upper_bound=STEPS)
+flags.DEFINE_float('max_minutes', 0, 'stop training this many minutes after its first step (0: no limit), the '
+                   'cosine schedule fitted to end then', lower_bound=0, upper_bound=10 ** 6)
+flags.DEFINE_integer('patience', 0, 'stop training after this many validations without a better one (0: never)',
+                     lower_bound=0, upper_bound=STEPS)
 flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this many steps', lower_bound=1,
                      upper_bound=STEPS)
 flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps', lower_bound=1, upper_bound=STEPS)
@@ -318,29 +322,40 @@ def lr_boundaries():
     return [int(boundary) for boundary in FLAGS.lr_boundaries]
 
 
+def step_limit():
+    """The step training stops at (0: none): --max_steps, which a time budget (--max_minutes) replaces unless given."""
+    return FLAGS.max_steps if FLAGS['max_steps'].present or not FLAGS.max_minutes else 0
+
+
+def fitted_schedule():
+    """Whether the cosine schedule's end follows the clock (--max_minutes, no --decay_steps)."""
+    return bool(FLAGS.max_minutes) and FLAGS.lr_schedule == 'cosine' and not FLAGS['decay_steps'].present
+
+
 def decay_steps():
-    """The schedule's --decay_steps, except that a cosine schedule ends at --max_steps unless --decay_steps is given."""
-    if FLAGS.lr_schedule == 'cosine' and FLAGS.max_steps and not FLAGS['decay_steps'].present:
-        return FLAGS.max_steps
+    """The schedule's --decay_steps, except that a cosine schedule ends at the step limit unless --decay_steps is
+    given (with a time budget, this is where it starts: the training moves it)."""
+    if FLAGS.lr_schedule == 'cosine' and step_limit() and not FLAGS['decay_steps'].present:
+        return step_limit()
     return FLAGS.decay_steps
 
 
 def warmup_steps():
-    """--warmup_steps, except that the default warm-up takes at most a tenth of a training's --max_steps."""
-    if FLAGS.max_steps and not FLAGS['warmup_steps'].present:
-        return min(FLAGS.warmup_steps, FLAGS.max_steps // 10)
+    """--warmup_steps, except that the default warm-up takes at most a tenth of a training's step limit."""
+    if step_limit() and not FLAGS['warmup_steps'].present:
+        return min(FLAGS.warmup_steps, step_limit() // 10)
     return FLAGS.warmup_steps
 
 
 def warn_about_schedule():
     """A cosine schedule that ends before training does, or a warm-up that outlasts it, warns."""
-    if FLAGS.lr_schedule == 'cosine' and decay_steps() < (FLAGS.max_steps or math.inf):
+    if FLAGS.lr_schedule == 'cosine' and decay_steps() < (step_limit() or math.inf) and not fitted_schedule():
         log.warning('warning: --lr_schedule=cosine reaches a learning rate of 0 at step %d (--decay_steps), before '
                     'training ends (--max_steps=%d%s): the steps after it learn nothing', decay_steps(),
-                    FLAGS.max_steps, '' if FLAGS.max_steps else ', no limit')
-    if FLAGS.max_steps and warmup_steps() >= FLAGS.max_steps:
+                    step_limit(), '' if step_limit() else ', no limit')
+    if step_limit() and warmup_steps() >= step_limit():
         log.warning('warning: --warmup_steps=%d is not shorter than --max_steps=%d: the learning rate never reaches '
-                    '--initial_learning_rate=%g', warmup_steps(), FLAGS.max_steps, FLAGS.initial_learning_rate)
+                    '--initial_learning_rate=%g', warmup_steps(), step_limit(), FLAGS.initial_learning_rate)
 
 
 # --- the architecture ---------------------------------------------------------
@@ -685,6 +700,58 @@ class Progress:
             return '%d s' % round(seconds)
         minutes = round(seconds / 60)
         return '%d min' % minutes if minutes < 60 else '%d h %02d min' % divmod(minutes, 60)
+
+class TrainingClock:
+    """Where a training stands against its limits: the step limit and the time budget (seconds, 0: none), counted
+    from the first step. The step rate is measured from the end of the first step (which builds TensorFlow's
+    kernels) and includes the validations and saves; the longest of those (`pause`) is kept in reserve for the
+    final save and validation, so that the training ends within its budget. `clock` gives seconds (tests pass
+    their own)."""
+
+    MEASURED_STEPS = 20  # steps after the first before the rate is trusted
+
+    def __init__(self, budget, step_limit, clock=time.monotonic):
+        self.budget, self.step_limit, self.clock = budget, step_limit, clock
+        self.start, self.first = clock(), None
+        self.pause = 0.0
+
+    def stepped(self, step):
+        """Records a step done (the first one starts the rate's measurement)."""
+        if self.first is None:
+            self.first = (self.clock(), step)
+
+    def paused(self, seconds):
+        self.pause = max(self.pause, seconds)
+
+    def rate(self, step):
+        """Steps a second since the first, or None until MEASURED_STEPS have run."""
+        if self.first is None or step - self.first[1] < self.MEASURED_STEPS:
+            return None
+        return (step - self.first[1]) / max(1e-9, self.clock() - self.first[0])
+
+    def seconds_left(self, step):
+        """Seconds until the budget (less the reserve for the final save) or the step limit ends the training,
+        whichever comes first; None when neither is known."""
+        left = [self.budget - (self.clock() - self.start) - self.pause] if self.budget else []
+        if self.step_limit and self.rate(step):
+            left.append((self.step_limit - step) / self.rate(step))
+        return max(0.0, min(left)) if left else None
+
+    def end_step(self, step):
+        """The step the training will end at at the rate so far, or None until the rate is known."""
+        rate, left = self.rate(step), self.seconds_left(step)
+        return None if rate is None or left is None else step + int(rate * left)
+
+    def over(self, step):
+        """Whether the budget is spent (the step limit is the loop's own test)."""
+        return bool(self.budget) and self.clock() - self.start + self.pause >= self.budget
+
+    def text(self, step):
+        """`3 min in, 17 min left`."""
+        left = self.seconds_left(step)
+        return '%s in%s' % (Progress.duration(self.clock() - self.start),
+                            '' if left is None else ', %s left' % Progress.duration(left))
+
 
 # --- the model folder ----------------------------------------------------------
 

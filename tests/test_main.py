@@ -476,3 +476,25 @@ def test_a_cluster_task_that_is_gone_ends_the_task_at_once_with_code_1(caplog):
     assert 'a task of the cluster is gone (Socket closed)' in caplog.text
     with pytest.raises(tf.errors.UnavailableError):
         main.explain_op_error(error, None)  # not a cluster's: raised as it is
+
+
+@pytest.mark.slow
+def test_a_time_budget_ends_training_on_time_with_the_schedule_at_its_end(dataset):
+    result = train(dataset, '--max_minutes=0.15', '--max_steps=0', '--validation_steps=50', '--save_steps=50')
+    assert result.returncode == 0, result.stderr
+    assert 'until 9 s have passed (--max_minutes)' in result.stdout
+    assert re.search(r'at [\d.]+ steps/s the cosine schedule ends at about step \d+', result.stdout)
+    steps = re.findall(r'^step (\d+) epoch .* lr ([\d.]+) .* (\d+) s in, (\d+) s left$', result.stdout, re.M)
+    step, rate, elapsed, left = steps[-1]
+    assert int(elapsed) <= 9 and int(left) <= 2 and float(rate) < 0.1 * 0.0005  # the end of the cosine
+    saved = re.findall(r'^step (\d+): saved checkpoint', result.stdout, re.M)[-1]
+    assert int(saved) >= int(step) and 'ocr-model-%s.index' % saved in os.listdir(dataset / 'checkpoint')
+
+
+@pytest.mark.slow
+def test_patience_stops_after_validations_without_a_better_one(dataset):
+    result = train(dataset, '--max_steps=100', '--validation_steps=2', '--initial_learning_rate=1e-12',
+                   '--patience=2')  # the same readings at every validation: none is better than the first
+    assert result.returncode == 0, result.stderr
+    assert 'no better validation in the last 2 (--patience=2): stopping' in result.stdout
+    assert 'ocr-model-6.index' in os.listdir(dataset / 'checkpoint') and 'best so far' in result.stdout

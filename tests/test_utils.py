@@ -175,7 +175,7 @@ def test_read_image_takes_16_bit_alpha_and_palette_inputs_and_keeps_their_text(t
 
 
 class FakeClock:
-    """Seconds that a test sets, for utils.Progress."""
+    """Seconds that a test sets, for utils.Progress and utils.TrainingClock."""
 
     def __init__(self):
         self.now = 0.0
@@ -386,3 +386,48 @@ def test_the_default_warm_up_takes_at_most_a_tenth_of_training_and_a_longer_give
     assert utils.warmup_steps() == 300
     utils.warn_about_schedule()
     assert '--warmup_steps=300 is not shorter than --max_steps=100' in caplog.text
+
+
+def test_a_time_budget_replaces_the_default_step_limit_but_not_a_given_one(flags, caplog):
+    flags('--max_minutes=20')
+    assert utils.step_limit() == 0 and utils.fitted_schedule() and utils.decay_steps() == 10000
+    assert utils.warmup_steps() == 200  # the training caps it at a tenth of the fitted schedule
+    flags('--max_minutes=20', '--max_steps=3000')
+    assert utils.step_limit() == 3000 and utils.decay_steps() == 3000  # whichever comes first
+    flags('--max_minutes=20', '--lr_schedule=exponential')
+    assert not utils.fitted_schedule()
+    flags()
+    assert utils.step_limit() == 4000 and not utils.fitted_schedule()
+    utils.warn_about_schedule()
+    assert caplog.text == ''
+
+
+@pytest.mark.parametrize('flag', ['--max_minutes=-1', '--patience=-2', '--max_minutes=nan'])
+def test_a_negative_budget_or_patience_is_refused_by_name(flags, flag):
+    with pytest.raises(utils.flags.IllegalFlagValueError, match=flag.split('=')[0][2:]):
+        flags(flag)
+
+
+def test_the_clock_fits_the_steps_to_the_budget_counting_validations_and_the_final_save():
+    clock = FakeClock()
+    training = utils.TrainingClock(600, 0, clock)  # 10 minutes, no step limit
+    clock.now += 5  # the first step builds TensorFlow's kernels: not counted in the rate
+    training.stepped(1)
+    assert training.rate(10) is None and training.end_step(10) is None and training.text(1) == '5 s in, 10 min left'
+    clock.now += 10  # 100 steps in 10 s
+    assert training.rate(101) == 10 and training.end_step(101) == 101 + 10 * 585
+    training.paused(30)  # a validation and a save took 30 s: kept for the final ones, and in the rate from now on
+    clock.now += 40  # 100 more steps, the 30 s pause among them
+    assert training.rate(201) == 4 and training.end_step(201) == 201 + 4 * (600 - 55 - 30)
+    assert not training.over(201) and training.text(201) == '55 s in, 9 min left'
+    clock.now = 570
+    assert training.over(5000) and training.seconds_left(5000) == 0 and training.end_step(5000) == 5000
+
+
+def test_the_clock_counts_down_the_steps_left_when_they_end_the_training_first():
+    clock = FakeClock()
+    training = utils.TrainingClock(600, 1000, clock)
+    training.stepped(1)
+    clock.now += 10
+    assert training.seconds_left(101) == pytest.approx(89.9) and training.end_step(101) == 1000  # 10 steps a second
+    assert utils.TrainingClock(0, 0, clock).seconds_left(5) is None and not utils.TrainingClock(0, 0, clock).over(5)

@@ -4,11 +4,10 @@ kind it never saw. A script, not a test (pytest collects only test_*.py):
     python tests/time_to_accuracy.py                          # rotated and contest x two recipes, 20 minutes each
     python tests/time_to_accuracy.py --renderers=classic --recipes=readme --minutes=5
 
-For each renderer (`helper.py --mode=synth`'s classic and contest, or `rotated`: printed characters each turned up
-to 20 degrees, by tests/other_renderers.py in --fonts) it draws --train_images, --val_images and --test_images
-(seeded), then trains `main.py --mode=train` with each recipe for --minutes of wall-clock time (bf16 where the CPU
-has bf16 instructions), reading the validation accuracy from its log as it comes, and stops it with SIGINT (it
-saves). Per run: minutes and steps to 99% and to 99.75% validation accuracy, the lowest validation accuracy after
+For each renderer (`helper.py --mode=synth`'s, or tests/other_renderers.py's styles in --fonts) it draws
+--train_images, --val_images and --test_images (seeded), then trains `main.py --mode=train` with each recipe for
+--minutes of wall-clock time (bf16 where the CPU has bf16 instructions), reading the validation accuracy from its
+log as it comes, and stops it with SIGINT (it saves); with --max_minutes, main.py's own time budget ends it. Per run: minutes and steps to 99% and to 99.75% validation accuracy, the lowest validation accuracy after
 first reaching 99%, the best, and the best checkpoint's accuracy on the test images. Runs go one after another; the
 machine may be shared, so compare recipes by the ratio of their times within one run of this script.
 """
@@ -30,7 +29,9 @@ import utils
 # The recipes: main.py flags beside the folders. `original` is the original project's training (README's flag set),
 # `readme` the command of README's "Training on your own data".
 RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': ['--augment']}
-RENDERERS = ('classic', 'contest', 'rotated')  # rotated: tests/other_renderers.py --style=rotated
+HELPER_RENDERERS = ('classic', 'contest', 'captcha07')  # helper.py --mode=synth --renderer=...
+OTHER_RENDERERS = ('rotated', 'strings', 'captcha')  # tests/other_renderers.py --style=...
+RENDERERS = HELPER_RENDERERS + OTHER_RENDERERS
 THRESHOLDS = (0.99, 0.9975)
 VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
 
@@ -38,14 +39,17 @@ VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--renderers', default='rotated,contest',
-                        help='comma-separated, of: %s (helper.py\'s, or tests/other_renderers.py --style=rotated)'
-                        % ', '.join(RENDERERS))
+                        help='comma-separated, of: %s (helper.py\'s), %s (tests/other_renderers.py\'s)'
+                        % (', '.join(HELPER_RENDERERS), ', '.join(OTHER_RENDERERS)))
     parser.add_argument('--fonts', default='/usr/share/fonts/truetype/dejavu/*.ttf',
                         help='font files the rotated renderer draws with (a glob)')
     parser.add_argument('--recipes', default=','.join(RECIPES), help='comma-separated, of: %s' % ', '.join(RECIPES))
     parser.add_argument('--flags', action='append', default=[], metavar='NAME=FLAGS',
                         help='one more recipe: a name and main.py flags, e.g. "fast=--batch_size=64 --augment"')
     parser.add_argument('--minutes', type=float, default=20, help='wall-clock minutes of each training')
+    parser.add_argument('--max_minutes', type=float, default=0,
+                        help='give each training this time budget (main.py --max_minutes) instead of stopping it '
+                             'after --minutes')
     parser.add_argument('--train_images', type=int, default=20000)
     parser.add_argument('--val_images', type=int, default=1000)
     parser.add_argument('--test_images', type=int, default=2000)
@@ -71,8 +75,8 @@ def parse_args(argv):
         recipes[name] = flags.split()
     args.recipes, args.renderers = recipes, args.renderers.split(',')
     fonts = sorted(glob.glob(args.fonts))
-    if 'rotated' in args.renderers and not fonts:
-        parser.error('--fonts=%s: no font files there (the rotated renderer draws with them)' % args.fonts)
+    if {'rotated', 'strings'} & set(args.renderers) and not fonts:
+        parser.error('--fonts=%s: no font files there (the rotated and strings renderers draw with them)' % args.fonts)
     args.fonts = fonts
     return args
 
@@ -93,22 +97,25 @@ def draw(folder, renderer, args):
         if os.path.isdir(out_dir) and sum(image.endswith('.png') for image in os.listdir(out_dir)) >= count:
             continue
         common = ['--out_dir=%s' % out_dir, '--num_images=%d' % count, '--seed=%d' % (args.seed + offset)]
-        if renderer == 'rotated':
-            run(os.path.join('tests', 'other_renderers.py'), '--style=rotated', *common, '--fonts', *args.fonts)
+        if renderer in OTHER_RENDERERS:
+            run(os.path.join('tests', 'other_renderers.py'), '--style=%s' % renderer, *common, '--fonts', *args.fonts)
         else:
             run('helper.py', '--mode=synth', '--renderer=%s' % renderer, *common)
 
 
 def train(data, work, flags, args):
-    """Trains for args.minutes; the validations as (minutes since the start, step, accuracy)."""
+    """Trains for args.minutes (or with the budget args.max_minutes); the validations as (minutes since the start,
+    step, accuracy)."""
     command = [sys.executable, os.path.join(REPO, 'main.py'), '--mode=train', '--train_dir=%s/train' % data,
                '--val_dir=%s/val' % data, '--checkpoint_dir=%s/checkpoint' % work, '--log_dir=%s/log' % work,
                '--validation_steps=%d' % args.validation_steps, '--save_steps=%d' % args.validation_steps,
-               *(['--precision=bf16'] if utils.cpu_has_bf16() else []), *flags]
+               *(['--precision=bf16'] if utils.cpu_has_bf16() else []), *flags,
+               *(['--max_minutes=%g' % args.max_minutes] if args.max_minutes else [])]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=USER_ENVIRONMENT)
-    stop = threading.Timer(args.minutes * 60, lambda: process.poll() is None and process.send_signal(signal.SIGINT))
+    minutes = args.max_minutes + 5 if args.max_minutes else args.minutes  # a budget ends the training itself
+    stop = threading.Timer(minutes * 60, lambda: process.poll() is None and process.send_signal(signal.SIGINT))
     stop.start()
     validations, log = [], []
     for line in process.stdout:
@@ -142,8 +149,8 @@ def summary(validations, test_accuracy):
 
 def main(argv):
     args = parse_args(argv)
-    print('time to accuracy: %d minutes a training, %d train / %d val / %d test images; %d cores%s' % (
-        args.minutes, args.train_images, args.val_images, args.test_images, os.cpu_count(),
+    print('time to accuracy: %g minutes a training%s, %d train / %d val / %d test images; %d cores%s' % (
+        args.max_minutes or args.minutes, ' (its --max_minutes)' if args.max_minutes else '', args.train_images, args.val_images, args.test_images, os.cpu_count(),
         ', bf16' if utils.cpu_has_bf16() else ''), flush=True)
     rows = []
     work_dir = tempfile.mkdtemp(prefix='ocr-time-to-accuracy-')
