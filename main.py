@@ -217,8 +217,11 @@ def export():
     with tf.Graph().as_default():
         ocr.reading_graph(model.arch, v1.placeholder(tf.uint8, [None, *utils.input_shape(model.arch)]))
         with v1.Session() as session:
-            model, record = read_checkpoint(model, lambda model: (restore_checkpoint(session, model),
-                                                                  export_record(model))[1])
+            def restore_and_record(model):  # the record of the checkpoint restored, however often it is read
+                restore_checkpoint(session, model)
+                return export_record(model)
+
+            model, record = read_checkpoint(model, restore_and_record)
             os.makedirs(FLAGS.export_dir, exist_ok=True)
             path = v1.train.Saver(save_relative_paths=True).save(session, target.checkpoint_prefix,
                                                                  write_meta_graph=False)
