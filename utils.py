@@ -98,7 +98,7 @@ flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output 
 
 # Training: optimiser and learning-rate schedule.
 flags.DEFINE_enum('optimizer', 'adam', ['adam', 'momentum'], 'Adam (beta1, beta2) or momentum SGD (momentum)')
-flags.DEFINE_float('initial_learning_rate', 5e-4, 'peak learning rate (at step 0, or at the end of the warm-up)',
+flags.DEFINE_float('initial_learning_rate', 1e-3, 'peak learning rate (at step 0, or at the end of the warm-up)',
                    lower_bound=0)
 flags.DEFINE_enum('lr_schedule', 'cosine', ['exponential', 'cosine', 'piecewise'],
                   'cosine: from initial_learning_rate down to 0 at --max_steps (or at --decay_steps when given); '
