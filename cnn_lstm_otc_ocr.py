@@ -78,11 +78,11 @@ def parameter_count(arch):
         return sum(variable.shape.num_elements() for variable in v1.global_variables())
 
 
-def memory_needed(arch, batch_size, optimizer=None):
-    """Estimated bytes of a training step (with its optimizer) or of reading a batch (optimizer None), by part:
-    the weights, the optimiser's slots and gradients, and one batch's activations (in training the conv units'
-    outputs and batch norms, and the RNN's gates at every time step, are kept for the backward pass; in reading,
-    the largest conv unit's input and output)."""
+def memory_needed(arch, batch_size, optimizer=None, averaged=False):
+    """Estimated bytes of a training step (with its optimizer, and the weights' MovingAverages if averaged) or of
+    reading a batch (optimizer None), by part: the weights, the optimiser's slots, gradients and averages, and one
+    batch's activations (in training the conv units' outputs and batch norms, and the RNN's gates at every time
+    step, are kept for the backward pass; in reading, the largest conv unit's input and output)."""
     weights = 4 * parameter_count(arch)
     height, width, conv = arch.image_height, arch.image_width, []
     for _, filters, pool_height, pool_width in conv_units(arch):
@@ -93,7 +93,8 @@ def memory_needed(arch, batch_size, optimizer=None):
         arch.rhn_depth if arch.rnn_cell == 'rhn' else 1)
     if optimizer is None:
         return {'weights': weights, 'activations': 2 * max(conv) + rnn // RNN_VALUES}
-    return {'weights': weights, 'optimiser slots and gradients': weights * (OPTIMIZER_SLOTS[optimizer] + 1),
+    copies = OPTIMIZER_SLOTS[optimizer] + 1 + averaged                           # slots, gradients, averages
+    return {'weights': weights, 'optimiser slots and gradients': weights * copies,
             'activations': 2 * sum(conv) + rnn * arch.rnn_layers}
 
 
@@ -654,7 +655,7 @@ def apply_gradients(gradients, opt, global_step, update_ops):
 
 Hyperparameters = collections.namedtuple('Hyperparameters', [
     'optimizer', 'initial_learning_rate', 'lr_schedule', 'decay_steps', 'decay_rate', 'lr_boundaries',
-    'warmup_steps', 'beta1', 'beta2', 'momentum', 'keep_prob', 'clip_norm', 'loss_scaling'])
+    'warmup_steps', 'beta1', 'beta2', 'momentum', 'keep_prob', 'clip_norm', 'loss_scaling', 'moving_average_decay'])
 
 
 def reading_graph(arch, images, decoder='beam', beam_width=10, mode='infer'):
@@ -713,13 +714,49 @@ def clip_gradients(gradients, clip_norm):
     return list(zip(clipped, [variable for _, variable in gradients])), norm
 
 
+class MovingAverages:
+    """Exponential moving averages of the trainable variables, moved after every training step by
+    v1.train.ExponentialMovingAverage: the model that validation reads and checkpoints hold, steadier than the
+    weights of the last step while the learning rate is high. The decay warms up with the global step, min(decay,
+    (1 + step) / (10 + step)), so that early averages follow the weights. Decay 0: no averages, the weights."""
+
+    def __init__(self, decay, global_step):
+        self.ema = v1.train.ExponentialMovingAverage(decay, num_updates=global_step) if decay else None
+
+    def average(self, variable):
+        """The variable that holds variable's average; variable itself where there is none."""
+        average = self.ema.average(variable) if self.ema else None
+        return variable if average is None else average
+
+    def model_variables(self):
+        """The global variables but the averages."""
+        averages = {self.average(v).op.name for v in v1.moving_average_variables()}
+        return [v for v in v1.global_variables() if v.op.name not in averages]
+
+    def saved(self):
+        """{name: variable} that a checkpoint holds: model_variables, the averages under their variables' names."""
+        return {v.op.name: self.average(v) for v in self.model_variables()}
+
+    def restart(self):
+        """The op that sets every average to its variable: after a restore, the averages start from the weights."""
+        return tf.group([self.average(v).assign(v) for v in v1.moving_average_variables()])
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Graphs built inside read the averages of the variables they share with the training graph."""
+        with v1.variable_scope(v1.get_variable_scope(), auxiliary_name_scope=False,
+                               custom_getter=lambda getter, *args, **kwargs: self.average(getter(*args, **kwargs))):
+            yield
+
+
 def training_graph(arch, batch, hparams, global_step, devices, variable_device=None, replicas=0):
     """The training step on a batch {images, label_ids, ...}, one tower per device: per-image losses [b] in batch
-    order, their mean, the learning rate, the gradients' global norm and the step op's new global step; and the
-    optimiser, whose replication ops the tasks of a cluster run. The variables live on variable_device (default:
-    the CPU for several towers, else the one device); several towers add up their gradients there, and the
-    batch-norm moving statistics follow the first tower's shard. replicas N >= 1: the workers of a cluster train
-    synchronously, every step applying the mean of N workers' gradients (clipped on each worker)."""
+    order, their mean, the learning rate, the gradients' global norm and the step op's new global step; the
+    optimiser, whose replication ops the tasks of a cluster run; and the MovingAverages of the weights. The
+    variables live on variable_device (default: the CPU for several towers, else the one device); several towers
+    add up their gradients there, and the batch-norm moving statistics follow the first tower's shard. replicas N
+    >= 1: the workers of a cluster train synchronously, every step applying the mean of N workers' gradients
+    (clipped on each worker), the chief moving the averages."""
     if variable_device is None:
         variable_device = '/cpu:0' if len(devices) > 1 else devices[0]
     with v1.device(variable_device), v1.variable_scope('ocr'):
@@ -727,16 +764,22 @@ def training_graph(arch, batch, hparams, global_step, devices, variable_device=N
                              hparams.decay_rate, hparams.lr_boundaries, hparams.warmup_steps)
         opt = optimizer(hparams.optimizer, rate, hparams.beta1, hparams.beta2, hparams.momentum,
                         hparams.loss_scaling)
-        if replicas:
-            opt = v1.train.SyncReplicasOptimizer(opt, replicas_to_aggregate=replicas, total_num_replicas=replicas)
         tower_losses, gradients, updates = towers(arch, batch, opt, hparams.keep_prob, devices, variable_device)
         gradients, norm = clip_gradients(add_tower_gradients(gradients), hparams.clip_norm)
+        averages = MovingAverages(hparams.moving_average_decay, global_step)
+        if replicas:  # its chief moves the averages once a step
+            opt = v1.train.SyncReplicasOptimizer(opt, replicas_to_aggregate=replicas, total_num_replicas=replicas,
+                                                 variable_averages=averages.ema,
+                                                 variables_to_average=v1.trainable_variables())
         step_op = apply_gradients(gradients, opt, global_step, updates)
+        if averages.ema and not replicas:
+            with tf.control_dependencies([step_op]):
+                step_op = averages.ema.apply(v1.trainable_variables())
         losses = tf.concat(tower_losses, 0)                                                            # [b]
     with tf.control_dependencies([step_op]):
         next_step = global_step.read_value()
     return {'losses': losses, 'loss': tf.reduce_mean(losses), 'rate': rate, 'gradient_norm': norm,
-            'step': next_step}, opt
+            'step': next_step}, opt, averages
 
 
 # --- input: image files and served image bytes -------------------------------

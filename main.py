@@ -366,17 +366,18 @@ def check_fits(model, variables):
             '\n  '.join(utils.shorten(problems))))
 
 
-def restore(session, model, saver=None):
-    """Restores every variable of the graph from a Model's checkpoint (read_checkpoint); returns the Model read."""
-    return read_checkpoint(model, lambda model: restore_checkpoint(session, model, saver))[0]
+def restore(session, model, variables=None):
+    """Restores the variables (all the graph's by default) from a Model's checkpoint (read_checkpoint); returns the
+    Model read."""
+    return read_checkpoint(model, lambda model: restore_checkpoint(session, model, variables))[0]
 
 
-def restore_checkpoint(session, model, saver=None, variables=None):
+def restore_checkpoint(session, model, variables=None):
     """Restores the variables (all the graph's by default) from a Model's checkpoint, after check_fits."""
     variables = variables or v1.global_variables()
     check_fits(model, variables)
     with checkpoint_errors(model):
-        (saver or v1.train.Saver(variables)).restore(session, model.checkpoint)
+        v1.train.Saver(variables).restore(session, model.checkpoint)
 
 
 READ_ATTEMPTS = 5  # tries to read a checkpoint of a folder that a training saves in, a second apart
@@ -503,6 +504,7 @@ def start_model(session, start, outputs, placement, schedule):
         if start.resumed:
             outputs.resume(session, start.resumed)
             log.info('restored %s at step %d', start.resumed.checkpoint, session.run(v1.train.get_global_step()))
+        session.run(outputs.restart_averages)
 
 
 # --- training: the loop -----------------------------------------------------------
@@ -535,12 +537,13 @@ def train(task):
         global_step = v1.train.get_or_create_global_step()
         schedule = FittedSchedule()
         batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
-        training, opt = ocr.training_graph(arch, batch, hyperparameters(schedule.end), global_step, devices, *(
-            (replication.devices(), task.replicas if FLAGS.sync_replicas else 0) if replication else ()))
+        cluster = (replication.devices(), task.replicas if FLAGS.sync_replicas else 0) if replication else ()
+        training, opt, averages = ocr.training_graph(arch, batch, hyperparameters(schedule.end), global_step, devices,
+                                                     *cluster)
         if replication:
             replication.build(opt)
         if outputs:
-            outputs.build(arch, training)
+            outputs.build(arch, training, averages)
     interrupted = stop_on_signals()
     with training_session(start, replication, outputs, arch, placement(), schedule) as session:
         step = training_loop(session, dict(training, paths=batch['paths']), outputs, replication, train_count,
@@ -583,9 +586,8 @@ def training_loop(session, training, outputs, replication, train_count, interrup
     clock = utils.TrainingClock(60 * FLAGS.max_minutes if outputs else 0, limit)
     if outputs:
         outputs.start(session, step)
-        log.info('training from step %d until %s', step, ' or '.join(
-            (['step %d' % limit] if limit else []) + (['%s have passed (--max_minutes)' % utils.Progress.duration(
-                clock.budget)] if clock.budget else []) + ['the end of --num_epochs=%d' % FLAGS.num_epochs]))
+        log.info('training from step %d until %s', step,
+                 ' or '.join(clock.limits() + ['the end of --num_epochs=%d' % FLAGS.num_epochs]))
     fetches = dict(training, summary=outputs.summaries) if outputs else training
     try:
         while (not limit or step < limit) and not interrupted and not (replication and replication.chief_ended(
@@ -701,7 +703,7 @@ def hyperparameters(schedule_end):
         decay_steps=schedule_end if cosine else utils.decay_steps(), decay_rate=FLAGS.decay_rate,
         lr_boundaries=utils.lr_boundaries(), warmup_steps=warmup, beta1=FLAGS.beta1, beta2=FLAGS.beta2,
         momentum=FLAGS.momentum, keep_prob=FLAGS.output_keep_prob, clip_norm=FLAGS.clip_norm,
-        loss_scaling=FLAGS.precision == 'fp16')
+        loss_scaling=FLAGS.precision == 'fp16', moving_average_decay=FLAGS.moving_average_decay)
 
 
 # --- training: what it writes ---------------------------------------------------
@@ -722,19 +724,23 @@ class TrainingOutputs:
         self.best = {'step': None, 'accuracy': -1.0, 'cer': float('inf')}
         self.stale = 0  # validations since the best
 
-    def build(self, arch, training):
-        """The graph's part: the validation reader, summaries and savers; the summary writer."""
-        self.arch = arch
-        self.validator = build_reader(arch, self.val_data, 'val')
+    def build(self, arch, training, averages):
+        """The graph's part: the validation reader and the savers, both of the weights' MovingAverages (a checkpoint
+        holds them as the weights, which a resumed training starts from); summaries and their writer."""
+        self.arch, self.averages = arch, averages
+        with averages.reading():
+            self.validator = build_reader(arch, self.val_data, 'val')
         self.summaries = v1.summary.merge([v1.summary.scalar(name, training[name])
                                            for name in ('loss', 'rate', 'gradient_norm')])
-        self.rolling = v1.train.Saver(max_to_keep=5, save_relative_paths=True)
-        self.best_saver = v1.train.Saver(max_to_keep=None, save_relative_paths=True)  # best.json chooses
+        saved = averages.saved()
+        self.rolling = v1.train.Saver(saved, max_to_keep=5, save_relative_paths=True)
+        self.best_saver = v1.train.Saver(saved, max_to_keep=None, save_relative_paths=True)  # best.json chooses
+        self.restart_averages = averages.restart()
         self.writer = v1.summary.FileWriter(FLAGS.log_dir, v1.get_default_graph())
 
     def resume(self, session, model):
         """Restores a Model of the folder and takes over its lists of checkpoints and its best record."""
-        restore(session, model, self.rolling)
+        restore(session, model, self.averages.model_variables())
         self.rolling.recover_last_checkpoints([path for _, path in sorted(self.folder.steps(self.folder.directory)
                                                                           .items())])
         best_path, best = self.folder.best()
@@ -942,7 +948,7 @@ def check_memory(arch, batch_size, optimizer=None):
     """A run whose estimated memory (ocr.memory_needed: a training step with its optimizer, else a reading of
     batch_size images) is more than the machine gives is a UserError naming the sizes and the estimate; one close
     to it, a warning. On GPU towers the activations are on the GPUs and are not counted."""
-    needed = ocr.memory_needed(arch, batch_size, optimizer)
+    needed = ocr.memory_needed(arch, batch_size, optimizer, FLAGS.moving_average_decay > 0)
     if FLAGS.num_gpus and FLAGS.tower_device == 'gpu':
         del needed['activations']
     available, whence = utils.memory_available()

@@ -116,6 +116,8 @@ flags.DEFINE_float('beta2', 0.999, 'Adam beta2', lower_bound=0, upper_bound=1)
 flags.DEFINE_float('momentum', 0.9, 'momentum of --optimizer=momentum', lower_bound=0, upper_bound=1)
 flags.DEFINE_float('clip_norm', 0.0, 'scale the gradients down together when their global norm is larger than this '
                    '(0: off)', lower_bound=0)
+flags.DEFINE_float('moving_average_decay', 0.999, 'validate and save an exponential moving average of the weights, '
+                   'with this decay per step (0: the weights of the last step)', lower_bound=0)
 
 # The original project's model and training, where the defaults above differ (README, "Training on your own data").
 ORIGINAL_FLAGS = ('--image_height=60', '--image_width=180', '--max_stepsize=0', '--rnn_cell=lstm', '--nobidirectional',
@@ -211,6 +213,7 @@ for _name in ('initial_learning_rate', 'decay_rate', 'output_keep_prob'):
     flags.register_validator(_name, lambda value: value > 0, 'must be more than 0')
 for _name in [name for name in FLAGS if isinstance(FLAGS[name].parser, flags.FloatParser)]:
     flags.register_validator(_name, math.isfinite, 'must be a finite number')
+flags.register_validator('moving_average_decay', lambda value: value < 1, 'must be less than 1 (0: off)')
 flags.register_validator('image_channel', lambda value: value in (1, 3), 'must be 1 (grey) or 3 (colour)')
 flags.register_validator('lr_boundaries', lambda steps: all(step.isdigit() for step in steps) and [
     int(step) for step in steps] == sorted({int(step) for step in steps}), 'must be increasing step numbers, e.g. '
@@ -741,6 +744,11 @@ class TrainingClock:
         """The step the training will end at at the rate so far, or None until the rate is known."""
         rate, left = self.rate(step), self.seconds_left(step)
         return None if rate is None or left is None else step + int(rate * left)
+
+    def limits(self):
+        """What ends the training besides its epochs: `step 4000`, `20 min have passed (--max_minutes)`."""
+        return (['step %d' % self.step_limit] if self.step_limit else []) + (
+            ['%s have passed (--max_minutes)' % Progress.duration(self.budget)] if self.budget else [])
 
     def over(self, step):
         """Whether the budget is spent (the step limit is the loop's own test)."""

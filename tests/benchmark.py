@@ -236,8 +236,8 @@ def training_session(arch, precision, make_dataset):
     with graph.as_default():
         v1.set_random_seed(0)
         batch = v1.data.make_one_shot_iterator(make_dataset()).get_next()
-        training, _ = ocr.training_graph(arch, batch, main.hyperparameters(utils.decay_steps()), v1.train.get_or_create_global_step(),
-                                         main.training_towers())
+        training, _, _ = ocr.training_graph(arch, batch, main.hyperparameters(utils.decay_steps()),
+                                            v1.train.get_or_create_global_step(), main.training_towers())
         session = v1.Session(graph=graph, config=main.session_config())
         session.run(v1.global_variables_initializer())
     return session, training
@@ -517,9 +517,9 @@ def cluster_training(arch, batch, workers):
         with graph.as_default(), v1.device(place):
             shard = {name: value[index * share:(index + 1) * share] for name, value in batch.items()}
             data = v1.data.make_one_shot_iterator(constant_dataset(shard)()).get_next()
-            training, opt = ocr.training_graph(arch, data, main.hyperparameters(utils.decay_steps()),
-                                               v1.train.get_or_create_global_step(), [task_device + '/cpu:0'], place,
-                                               replicas=workers)
+            training, opt, _ = ocr.training_graph(arch, data, main.hyperparameters(utils.decay_steps()),
+                                                  v1.train.get_or_create_global_step(), [task_device + '/cpu:0'],
+                                                  place, replicas=workers)
             start = [v1.global_variables_initializer()] if index == 0 else []
             start += [opt.ready_for_local_init_op, opt.chief_init_op if index == 0 else opt.local_step_init_op]
             start += [opt.get_init_tokens_op()] if index == 0 else []

@@ -243,7 +243,8 @@ stage12() {  # today's helper.py and main.py: the --augment that fades contrast 
   train "$repo" --train_dir="$s/train" --val_dir="$val9" \
     --checkpoint_dir="$s/checkpoint/contest23" --log_dir="$s/log/contest23" --init_from="${model[11]}" \
     --image_height=48 --image_width=180 --max_stepsize=24 --augment \
-    --precision=fp32 --initial_learning_rate=0.0001 --max_steps=5000 --validation_steps=1000 --save_steps=500
+    --precision=fp32 --initial_learning_rate=0.0001 --max_steps=5000 --validation_steps=1000 --save_steps=500 \
+    --moving_average_decay=0
   export_to "$repo" 12 --checkpoint_dir="$s/checkpoint/contest23" --checkpoint=latest --export_formats=saved_model
 }
 

@@ -20,7 +20,8 @@ from conftest import REPO, SMALL_MODEL_FLAGS, USER_ENVIRONMENT, folders, run_cli
 from test_towers import HYPERPARAMETERS, SMALL, TWO_CPUS
 
 v1 = tf.compat.v1
-SGD = HYPERPARAMETERS._replace(optimizer='momentum', momentum=0.0, initial_learning_rate=1.0)  # update = -gradient
+SGD = HYPERPARAMETERS._replace(optimizer='momentum', momentum=0.0, initial_learning_rate=1.0,  # update = -gradient
+                               moving_average_decay=0.9)
 
 
 def free_ports(count):
@@ -94,26 +95,29 @@ def test_cluster_flags_that_cannot_work_are_refused_as_they_are_parsed(flags, ar
 
 
 def worker_graph(cluster, index, images, label_ids):
-    """Worker index's graph of one synchronous step of the small model on its batch, and its replication ops."""
+    """Worker index's graph of one synchronous step of the small model on its batch, its replication ops and its
+    weights' averages."""
     graph = tf.Graph()
     with graph.as_default():
         place = ocr.replica_devices(cluster, '/job:worker/task:%d' % index)
         with v1.device(place):
             global_step = v1.train.get_or_create_global_step()
             batch = {'images': tf.constant(images), 'label_ids': tf.constant(label_ids)}
-            training, opt = ocr.training_graph(SMALL, batch, SGD, global_step, ['/job:worker/task:%d/cpu:0' % index],
-                                               place, replicas=2)
-            start = ([v1.global_variables_initializer(), opt.ready_for_local_init_op, opt.chief_init_op] if index == 0
-                     else [opt.ready_for_local_init_op, opt.local_step_init_op])
+            training, opt, averages = ocr.training_graph(SMALL, batch, SGD, global_step,
+                                                         ['/job:worker/task:%d/cpu:0' % index], place, replicas=2)
+            start = ([v1.global_variables_initializer(), averages.restart(), opt.ready_for_local_init_op,
+                      opt.chief_init_op] if index == 0 else [opt.ready_for_local_init_op, opt.local_step_init_op])
+            averaged = [averages.average(v) for v in v1.trainable_variables()]
             tokens, runner = opt.get_init_tokens_op(), opt.get_chief_queue_runner()
     devices = {op.name: op.device for op in graph.get_operations()}
-    return graph, training, start, tokens, runner, devices, global_step
+    return graph, training, start, tokens, runner, devices, global_step, averaged
 
 
 @pytest.mark.slow
 def test_a_synchronous_step_of_two_workers_is_one_step_of_one_process_on_their_combined_batch():
     """Two workers of 4 images each against one process with two towers on the 8 (tower k: worker k's images,
-    so that batch normalisation sees the same images): the same update, so the same mean gradient."""
+    so that batch normalisation sees the same images): the same update, so the same mean gradient, and the weights'
+    averages moved once, by the chief."""
     cluster = loopback_cluster()
     spec = tf.train.ClusterSpec(cluster)
     servers = [tf.distribute.Server(spec, job, index) for job, index in (('ps', 0), ('worker', 0), ('worker', 1))]
@@ -142,9 +146,9 @@ def test_a_synchronous_step_of_two_workers_is_one_step_of_one_process_on_their_c
     for thread in steps:
         thread.join(120)
     assert sorted(fetched) == [0, 1]
-    while sessions[0].run(workers[0][6]) < 1:  # the chief's token thread applies the step
-        time.sleep(0.1)
-    after = sessions[0].run(variables)
+    wait_for(lambda: not any(np.array_equal(average, start) for average, start in zip(  # the chief's token thread
+        sessions[0].run(workers[0][7]), before)), explain=lambda: 'the averages did not move')  # steps, then averages
+    after, averaged = sessions[0].run([variables, workers[0][7]])
     coordinator.request_stop()
     for session in sessions:
         session.close()
@@ -154,20 +158,28 @@ def test_a_synchronous_step_of_two_workers_is_one_step_of_one_process_on_their_c
 
     with tf.Graph().as_default():
         global_step = v1.train.get_or_create_global_step()
-        training, _ = ocr.training_graph(SMALL, {'images': tf.constant(images), 'label_ids': tf.constant(label_ids)},
-                                         SGD, global_step, ['/cpu:0', '/cpu:1'])
+        training, _, averages = ocr.training_graph(SMALL, {'images': tf.constant(images),
+                                                           'label_ids': tf.constant(label_ids)},
+                                                   SGD, global_step, ['/cpu:0', '/cpu:1'])
         with v1.Session(config=TWO_CPUS) as session:
             session.run(v1.global_variables_initializer())
             one_process = v1.trainable_variables()
             assert [v.op.name for v in one_process] == [v.op.name for v in variables]
             for variable, value in zip(one_process, before):
                 variable.load(value, session)
+            session.run(averages.restart())
             session.run(training)
-            single = session.run(one_process)
+            single, single_averaged = session.run([one_process, [averages.average(v) for v in one_process]])
     assert len(variables) == 13
-    for variable, start, cluster_value, single_value in zip(variables, before, after, single):
+    for variable, start, cluster_value, single_value, cluster_average, single_average in zip(
+            variables, before, after, single, averaged, single_averaged):
         assert np.abs(cluster_value - start).max() > 0, variable.name
         np.testing.assert_allclose(cluster_value - start, single_value - start, rtol=1e-4, atol=1e-5,
+                                   err_msg=variable.name)
+        decay = 2 / 11  # min(0.9, (1 + step) / (10 + step)) at step 1
+        np.testing.assert_allclose(cluster_average, decay * start + (1 - decay) * cluster_value, rtol=1e-4,
+                                   atol=1e-5, err_msg=variable.name)
+        np.testing.assert_allclose(cluster_average - start, single_average - start, rtol=1e-4, atol=1e-5,
                                    err_msg=variable.name)
 
 

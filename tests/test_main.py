@@ -57,7 +57,7 @@ def test_infer_writes_every_image_in_natural_order_with_a_partial_batch(trained)
 @pytest.mark.slow
 def test_restore_continues_the_global_step(trained):
     tmp_path, _ = trained
-    result = train(tmp_path, '--restore', '--max_steps=6')
+    result = train(tmp_path, '--restore', '--max_steps=6', '--moving_average_decay=0')  # averages or not
     assert result.returncode == 0, result.stderr
     assert 'at step 4' in result.stdout and 'step 5 ' in result.stdout and 'step 1 ' not in result.stdout
     assert 'ocr-model-6.index' in os.listdir(tmp_path / 'checkpoint')
@@ -159,6 +159,7 @@ def test_missing_and_empty_folders(dataset):
     ('--leakiness=nan', 'flag --leakiness=nan: must be a finite number'),
     ('--initial_learning_rate=inf', 'flag --initial_learning_rate=inf: must be a finite number'),
     ('--clip_norm=-1', 'flag --clip_norm=-1: -1.0 is not a non-negative number'),
+    ('--moving_average_decay=1', 'flag --moving_average_decay=1.0: must be less than 1 (0: off)'),
     ('--export_formats=tflite,pdf', "flag --export_formats=['tflite', 'pdf']: must be among saved_model,tflite,onnx"),
     ('--synth_height=60', 'error: --synth_height: not a flag of main.py'),
     ('--restore --overwrite', 'flags restore=True, overwrite=True: --restore continues the model in checkpoint_dir'),

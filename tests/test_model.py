@@ -71,19 +71,21 @@ def minimize(loss, opt, global_step):
     return ocr.apply_gradients(opt.compute_gradients(loss), opt, global_step, updates)
 
 
-@pytest.mark.parametrize('arch, optimizer', [(ORIGINAL, 'adam'), (SMALL._replace(rnn_cell='gru', bidirectional=True),
-                                                                     'momentum'),
-                                              (SMALL._replace(rnn_cell='rhn', rnn_layers=2), 'adam')])
-def test_memory_counts_every_weight_and_optimiser_slot_of_the_training_graph(arch, optimizer):
+@pytest.mark.parametrize('arch, optimizer, averaged', [
+    (ORIGINAL, 'adam', False), (SMALL._replace(rnn_cell='gru', bidirectional=True), 'momentum', True),
+    (SMALL._replace(rnn_cell='rhn', rnn_layers=2), 'adam', True)])
+def test_memory_counts_every_weight_optimiser_slot_and_average_of_the_training_graph(arch, optimizer, averaged):
     with tf.Graph().as_default():
         _, _, _, loss, _ = build(arch, 'train')
         global_step = v1.train.get_or_create_global_step()
         minimize(loss, ocr.optimizer(optimizer, 0.01, 0.9, 0.999, 0.9), global_step)
+        if averaged:
+            ocr.MovingAverages(0.999, global_step).ema.apply(v1.trainable_variables())
         weights = [v for v in v1.global_variables() if v.op.name.startswith('ocr/')]
         kept = sum(v.shape.num_elements() for v in weights)
-        model = sum(v.shape.num_elements() for v in weights if not v.op.name.endswith(('/Adam', '/Adam_1',
-                                                                                          '/Momentum')))
-    needed = ocr.memory_needed(arch, 8, optimizer)
+        model = sum(v.shape.num_elements() for v in weights if not v.op.name.endswith((
+            '/Adam', '/Adam_1', '/Momentum', '/ExponentialMovingAverage')))
+    needed = ocr.memory_needed(arch, 8, optimizer, averaged)
     assert needed['weights'] == 4 * model == 4 * ocr.parameter_count(arch)
     slots_and_gradients = 4 * (kept - model) + needed['weights']  # the batch norms' moving statistics have no slots
     assert slots_and_gradients <= needed['optimiser slots and gradients'] <= 1.01 * slots_and_gradients

@@ -19,7 +19,7 @@ SMALL = utils.Architecture(image_height=32, image_width=96, image_channel=1, cha
 HYPERPARAMETERS = ocr.Hyperparameters(
     optimizer='adam', initial_learning_rate=1e-3, lr_schedule='exponential', decay_steps=10000, decay_rate=0.98,
     lr_boundaries=[], warmup_steps=0, beta1=0.9, beta2=0.999, momentum=0.9, keep_prob=1.0, clip_norm=0.0,
-    loss_scaling=False)
+    loss_scaling=False, moving_average_decay=0.0)
 TWO_CPUS = v1.ConfigProto(device_count={'CPU': 2}, allow_soft_placement=True)  # as main.session_config
 DEVICES = ['/cpu:0', '/cpu:1']
 
@@ -82,7 +82,7 @@ def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device()
     with tf.Graph().as_default():
         batch = placeholder_batch()
         global_step = v1.train.get_or_create_global_step()
-        training, _ = ocr.training_graph(SMALL, batch, HYPERPARAMETERS, global_step, DEVICES)
+        training, _, _ = ocr.training_graph(SMALL, batch, HYPERPARAMETERS, global_step, DEVICES)
         devices = {op.name: op.device for op in v1.get_default_graph().get_operations()}
         moving_mean = [v for v in v1.global_variables() if v.name == 'ocr/unit_1/moving_mean:0'][0]
         with v1.Session(config=TWO_CPUS) as session:
@@ -94,6 +94,43 @@ def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device()
     assert {devices['ocr/unit_1/kernel'], devices['ocr/unit_1/moving_mean']} == {'/device:CPU:0'}
     assert devices['ocr/tower_0/unit_1/Conv2D'] == '/device:CPU:0'
     assert devices['ocr/tower_1/unit_1/Conv2D'] == '/device:CPU:1'
+
+
+def test_validation_and_checkpoints_read_the_moving_averages_of_the_weights(tmp_path):
+    """Each step moves the averages min(decay, (1 + step) / (10 + step)) of the way to the weights; the validation
+    reader reads the averages, and so does a plain reading graph restored from a checkpoint of saved()."""
+    with tf.Graph().as_default():
+        batch = placeholder_batch()
+        training, _, averages = ocr.training_graph(SMALL, batch, HYPERPARAMETERS._replace(moving_average_decay=0.5),
+                                                   v1.train.get_or_create_global_step(), ['/cpu:0'])
+        with averages.reading():
+            _, validated = ocr.reading_graph(SMALL, batch['images'], 'greedy', mode='val')      # confidence [b]
+        weights = v1.trainable_variables()
+        averaged = [averages.average(v) for v in weights]
+        saver = v1.train.Saver(averages.saved())
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            session.run(averages.restart())
+            expected = session.run(weights)
+            for step in (1, 2, 3):
+                session.run(training, random_feed(batch, 4))
+                decay = min(0.5, (1 + step) / (10 + step))
+                expected = [decay * average + (1 - decay) * value
+                            for average, value in zip(expected, session.run(weights))]
+            last, averages_now = session.run([weights, averaged])
+            images = random_feed(batch, 6)[batch['images']]
+            confidence = session.run(validated, {batch['images']: images})
+            saver.save(session, str(tmp_path / 'model'))
+    assert len(weights) == 13 and all(np.abs(value - average).max() > 1e-6
+                                      for value, average in zip(last, averages_now))
+    for variable, average, wanted in zip(weights, averages_now, expected):
+        np.testing.assert_allclose(average, wanted, rtol=1e-4, atol=1e-6, err_msg=variable.name)
+    with tf.Graph().as_default():
+        placeholder = v1.placeholder(tf.uint8, [None, 32, 96, 1])
+        _, restored = ocr.reading_graph(SMALL, placeholder, 'greedy', mode='val')
+        with v1.Session() as session:
+            v1.train.Saver().restore(session, str(tmp_path / 'model'))
+            np.testing.assert_allclose(session.run(restored, {placeholder: images}), confidence, rtol=1e-4)
 
 
 def test_only_a_batch_smaller_than_the_towers_is_dropped():

@@ -431,3 +431,5 @@ def test_the_clock_counts_down_the_steps_left_when_they_end_the_training_first()
     clock.now += 10
     assert training.seconds_left(101) == pytest.approx(89.9) and training.end_step(101) == 1000  # 10 steps a second
     assert utils.TrainingClock(0, 0, clock).seconds_left(5) is None and not utils.TrainingClock(0, 0, clock).over(5)
+    assert training.limits() == ['step 1000', '10 min have passed (--max_minutes)']
+    assert utils.TrainingClock(0, 0, clock).limits() == []
