@@ -80,9 +80,10 @@ def parameter_count(arch):
 
 def memory_needed(arch, batch_size, optimizer=None, averaged=False):
     """Estimated bytes of a training step (with its optimizer, and the weights' MovingAverages if averaged) or of
-    reading a batch (optimizer None), by part: the weights, the optimiser's slots, gradients and averages, and one
-    batch's activations (in training the conv units' outputs and batch norms, and the RNN's gates at every time
-    step, are kept for the backward pass; in reading, the largest conv unit's input and output)."""
+    reading a batch (optimizer None), by part: the weights, their copies in training (the optimiser's slots, the
+    gradients and the averages), and one batch's activations (in training the conv units' outputs and batch norms,
+    and the RNN's gates at every time step, are kept for the backward pass; in reading, the largest conv unit's
+    input and output)."""
     weights = 4 * parameter_count(arch)
     height, width, conv = arch.image_height, arch.image_width, []
     for _, filters, pool_height, pool_width in conv_units(arch):
@@ -94,7 +95,7 @@ def memory_needed(arch, batch_size, optimizer=None, averaged=False):
     if optimizer is None:
         return {'weights': weights, 'activations': 2 * max(conv) + rnn // RNN_VALUES}
     copies = OPTIMIZER_SLOTS[optimizer] + 1 + averaged                           # slots, gradients, averages
-    return {'weights': weights, 'optimiser slots and gradients': weights * copies,
+    return {'weights': weights, 'copies in training': weights * copies,
             'activations': 2 * sum(conv) + rnn * arch.rnn_layers}
 
 
@@ -124,11 +125,20 @@ def conv_unit(inputs, name, filters, pool, leakiness, training):
 
 
 def batch_norm_variables(channels):
-    """gamma, beta (trained), moving mean and moving variance (updated in training) [channels] of a batch norm."""
+    """gamma, beta (trained), moving mean and moving variance (updated in training; MODEL_VARIABLES) [channels] of a
+    batch norm."""
+    statistics = [v1.GraphKeys.GLOBAL_VARIABLES, v1.GraphKeys.MODEL_VARIABLES]
     return (v1.get_variable('gamma', [channels], initializer=v1.ones_initializer()),
             v1.get_variable('beta', [channels], initializer=v1.zeros_initializer()),
-            v1.get_variable('moving_mean', [channels], initializer=v1.zeros_initializer(), trainable=False),
-            v1.get_variable('moving_variance', [channels], initializer=v1.ones_initializer(), trainable=False))
+            v1.get_variable('moving_mean', [channels], initializer=v1.zeros_initializer(), trainable=False,
+                            collections=statistics),
+            v1.get_variable('moving_variance', [channels], initializer=v1.ones_initializer(), trainable=False,
+                            collections=statistics))
+
+
+def model_weights():
+    """The variables a model consists of: the trained ones and the batch norms' moving statistics."""
+    return v1.trainable_variables() + v1.model_variables()
 
 
 def frozen_batch_norm(channels, epsilon=1e-5):
@@ -715,10 +725,11 @@ def clip_gradients(gradients, clip_norm):
 
 
 class MovingAverages:
-    """Exponential moving averages of the trainable variables, moved after every training step by
-    v1.train.ExponentialMovingAverage: the model that validation reads and checkpoints hold, steadier than the
-    weights of the last step while the learning rate is high. The decay warms up with the global step, min(decay,
-    (1 + step) / (10 + step)), so that early averages follow the weights. Decay 0: no averages, the weights."""
+    """Exponential moving averages of the model_weights (the batch norms' statistics too, so that they follow the
+    averaged weights), moved after every training step by v1.train.ExponentialMovingAverage: the model that
+    validation reads and checkpoints hold, steadier than the weights of the last step while the learning rate is
+    high. The decay warms up with the global step, min(decay, (1 + step) / (10 + step)), so that early averages
+    follow the weights. Decay 0: no averages, the weights."""
 
     def __init__(self, decay, global_step):
         self.ema = v1.train.ExponentialMovingAverage(decay, num_updates=global_step) if decay else None
@@ -736,6 +747,13 @@ class MovingAverages:
     def saved(self):
         """{name: variable} that a checkpoint holds: model_variables, the averages under their variables' names."""
         return {v.op.name: self.average(v) for v in self.model_variables()}
+
+    def after(self, step_op):
+        """An op that runs step_op, then moves the averages (step_op itself without averages)."""
+        if not self.ema:
+            return step_op
+        with tf.control_dependencies([step_op]):
+            return self.ema.apply(model_weights())
 
     def restart(self):
         """The op that sets every average to its variable: after a restore, the averages start from the weights."""
@@ -770,11 +788,10 @@ def training_graph(arch, batch, hparams, global_step, devices, variable_device=N
         if replicas:  # its chief moves the averages once a step
             opt = v1.train.SyncReplicasOptimizer(opt, replicas_to_aggregate=replicas, total_num_replicas=replicas,
                                                  variable_averages=averages.ema,
-                                                 variables_to_average=v1.trainable_variables())
+                                                 variables_to_average=model_weights())
         step_op = apply_gradients(gradients, opt, global_step, updates)
-        if averages.ema and not replicas:
-            with tf.control_dependencies([step_op]):
-                step_op = averages.ema.apply(v1.trainable_variables())
+        if not replicas:
+            step_op = averages.after(step_op)
         losses = tf.concat(tower_losses, 0)                                                            # [b]
     with tf.control_dependencies([step_op]):
         next_step = global_step.read_value()

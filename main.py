@@ -498,8 +498,8 @@ def start_model(session, start, outputs, placement, schedule):
     session.run([v1.global_variables_initializer(), schedule.end.initializer])
     with placement:
         if start.init:
-            wanted = v1.trainable_variables() + [v for v in v1.global_variables() if 'moving_' in v.op.name]
-            init = read_checkpoint(start.init, lambda model: restore_checkpoint(session, model, variables=wanted))[0]
+            init = read_checkpoint(start.init, lambda model: restore_checkpoint(session, model,
+                                                                                variables=ocr.model_weights()))[0]
             log.info('initialised the model from %s (step 0, fresh optimiser)', init.checkpoint)
         if start.resumed:
             outputs.resume(session, start.resumed)
@@ -582,7 +582,7 @@ def training_loop(session, training, outputs, replication, train_count, interrup
     (the list interrupted holds it) or the chief's end of a cluster's training; returns the last step. The process
     that owns the training (outputs) keeps the budget and fits the schedule to it."""
     step = session.run(v1.train.get_global_step())
-    first_step, timer, limit = step + 1, StepTimer(), utils.step_limit()
+    first_step, limit = step + 1, utils.step_limit()
     clock = utils.TrainingClock(60 * FLAGS.max_minutes if outputs else 0, limit)
     if outputs:
         outputs.start(session, step)
@@ -594,20 +594,18 @@ def training_loop(session, training, outputs, replication, train_count, interrup
                 session)) and not (outputs and (clock.over(step) or outputs.out_of_patience())):
             fetched = session.run(fetches)
             before, step = step, fetched['step']
-            timer.ran()
             clock.stepped(step)
             check_finite(step, fetched)
             if crossed_multiple(before, step, LOG_EVERY_STEPS) or step != before and step in (first_step, limit):
                 log.info('step %d epoch %.2f loss %.4f lr %.6f gradient norm %.2f %.1f images/s, %s', step,
                          step * FLAGS.batch_size / train_count, fetched['loss'], fetched['rate'],
-                         fetched['gradient_norm'], timer.images_per_second(), clock.text(step))
+                         fetched['gradient_norm'], FLAGS.batch_size * clock.recent_rate(), clock.text(step))
                 if outputs:
                     outputs.writer.add_summary(fetched['summary'], step)
                     schedule.follow(session, clock, step)
             started = time.monotonic()
             if outputs and outputs.after_step(session, before, step):
                 clock.paused(time.monotonic() - started)
-                timer.restart()  # images/s counts training steps only
     except tf.errors.OutOfRangeError:
         log.info('%sfinished --num_epochs=%d%s', '' if outputs else '%s: ' % replication.task, FLAGS.num_epochs,
                  '' if outputs else ' of its shard')
@@ -637,24 +635,6 @@ class FittedSchedule:
             log.info('at %.1f steps/s the cosine schedule ends at about step %d, when the training does (it follows '
                      'the rate)', clock.rate(step), end)
             self.announced = True
-
-
-class StepTimer:
-    """Images per second of the training steps since the last log line."""
-
-    def __init__(self):
-        self.restart()
-
-    def restart(self):
-        self.start, self.runs = time.time(), 0
-
-    def ran(self):
-        self.runs += 1
-
-    def images_per_second(self):
-        rate = self.runs * FLAGS.batch_size / (time.time() - self.start)
-        self.restart()
-        return rate
 
 
 def crossed_multiple(before, step, every):

@@ -708,8 +708,8 @@ class TrainingClock:
     """Where a training stands against its limits: the step limit and the time budget (seconds, 0: none), counted
     from the first step. The step rate is measured from the end of the first step (which builds TensorFlow's
     kernels) and includes the validations and saves; the longest of those (`pause`) is kept in reserve for the
-    final save and validation, so that the training ends within its budget. `clock` gives seconds (tests pass
-    their own)."""
+    final save and validation, so that the training ends within its budget. recent_rate gives the log lines this
+    process's own steps a second. `clock` gives seconds (tests pass their own)."""
 
     MEASURED_STEPS = 20  # steps after the first before the rate is trusted
 
@@ -717,14 +717,25 @@ class TrainingClock:
         self.budget, self.step_limit, self.clock = budget, step_limit, clock
         self.start, self.first = clock(), None
         self.pause = 0.0
+        self.since, self.runs = clock(), 0  # this process's steps since the last log line or pause
 
     def stepped(self, step):
         """Records a step done (the first one starts the rate's measurement)."""
         if self.first is None:
             self.first = (self.clock(), step)
+        self.runs += 1
 
     def paused(self, seconds):
+        """A validation or save took seconds (the longest is the reserve); recent_rate restarts after it."""
         self.pause = max(self.pause, seconds)
+        self.since, self.runs = self.clock(), 0
+
+    def recent_rate(self):
+        """Steps a second that this process ran since the last call or pause (the training steps only)."""
+        now = self.clock()
+        rate = self.runs / max(1e-9, now - self.since)
+        self.since, self.runs = now, 0
+        return rate
 
     def rate(self, step):
         """Steps a second since the first, or None until MEASURED_STEPS have run."""

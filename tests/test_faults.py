@@ -443,8 +443,8 @@ def test_sizes_too_big_together_are_refused_by_the_memory_they_need_before_the_m
     result = train(dataset, '--num_hidden=4096', '--rnn_layers=64', '--batch_size=16384')  # terabytes: no machine
     assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
     assert re.search(r'--batch_size=16384 with image_height=32 image_width=96 cnn_count=3 out_channels=32 num_hidden=4096 '
-                     r'rnn_layers=64 needs about \d+\.\d GB of memory \(weights \d+\.\d GB, optimiser slots and '
-                     r'gradients \d+\.\d GB, activations \d+\.\d GB\); this machine gives it', result.stderr)
+                     r'rnn_layers=64 needs about \d+\.\d GB of memory \(weights \d+\.\d GB, copies in training '
+                     r'\d+\.\d GB, activations \d+\.\d GB\); this machine gives it', result.stderr)
     assert not (dataset / 'checkpoint' / 'architecture.json').exists()
 
 

@@ -97,15 +97,17 @@ def test_one_update_per_step_variables_on_the_cpu_and_each_tower_on_its_device()
 
 
 def test_validation_and_checkpoints_read_the_moving_averages_of_the_weights(tmp_path):
-    """Each step moves the averages min(decay, (1 + step) / (10 + step)) of the way to the weights; the validation
-    reader reads the averages, and so does a plain reading graph restored from a checkpoint of saved()."""
+    """Each step moves the averages min(decay, (1 + step) / (10 + step)) of the way to the weights (the trained ones
+    and the batch norms' statistics); the validation reader reads the averages, and so does a plain reading graph
+    restored from a checkpoint of saved()."""
     with tf.Graph().as_default():
         batch = placeholder_batch()
         training, _, averages = ocr.training_graph(SMALL, batch, HYPERPARAMETERS._replace(moving_average_decay=0.5),
                                                    v1.train.get_or_create_global_step(), ['/cpu:0'])
         with averages.reading():
             _, validated = ocr.reading_graph(SMALL, batch['images'], 'greedy', mode='val')      # confidence [b]
-        weights = v1.trainable_variables()
+        weights = ocr.model_weights()  # the batch norms' moving statistics are averaged too
+        trained = len(v1.trainable_variables())
         averaged = [averages.average(v) for v in weights]
         saver = v1.train.Saver(averages.saved())
         with v1.Session() as session:
@@ -121,7 +123,7 @@ def test_validation_and_checkpoints_read_the_moving_averages_of_the_weights(tmp_
             images = random_feed(batch, 6)[batch['images']]
             confidence = session.run(validated, {batch['images']: images})
             saver.save(session, str(tmp_path / 'model'))
-    assert len(weights) == 13 and all(np.abs(value - average).max() > 1e-6
+    assert trained == 13 and len(weights) == 13 + 2 * 3 and all(np.abs(value - average).max() > 1e-6
                                       for value, average in zip(last, averages_now))
     for variable, average, wanted in zip(weights, averages_now, expected):
         np.testing.assert_allclose(average, wanted, rtol=1e-4, atol=1e-6, err_msg=variable.name)

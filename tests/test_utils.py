@@ -424,6 +424,22 @@ def test_the_clock_fits_the_steps_to_the_budget_counting_validations_and_the_fin
     assert training.over(5000) and training.seconds_left(5000) == 0 and training.end_step(5000) == 5000
 
 
+def test_the_clock_gives_the_recent_step_rate_of_this_process_without_its_pauses():
+    clock = FakeClock()
+    training = utils.TrainingClock(600, 0, clock)
+    for step in (1, 3, 5, 7):  # a cluster's global step moves by two for each step of this worker
+        clock.now += 0.5
+        training.stepped(step)
+    assert training.recent_rate() == 2  # 4 steps in 2 s
+    clock.now += 1
+    training.stepped(9)
+    clock.now += 30  # a validation took 30 s: the rate starts again after it
+    training.paused(30)
+    clock.now += 0.5
+    training.stepped(11)
+    assert training.recent_rate() == 2 and training.recent_rate() == 0
+
+
 def test_the_clock_counts_down_the_steps_left_when_they_end_the_training_first():
     clock = FakeClock()
     training = utils.TrainingClock(600, 1000, clock)
