@@ -498,8 +498,7 @@ def start_model(session, start, outputs, placement, schedule):
     session.run([v1.global_variables_initializer(), schedule.end.initializer])
     with placement:
         if start.init:
-            init = read_checkpoint(start.init, lambda model: restore_checkpoint(session, model,
-                                                                                variables=ocr.model_weights()))[0]
+            init = restore(session, start.init, ocr.model_weights())
             log.info('initialised the model from %s (step 0, fresh optimiser)', init.checkpoint)
         if start.resumed:
             outputs.resume(session, start.resumed)
