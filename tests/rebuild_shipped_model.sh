@@ -13,7 +13,8 @@
 #
 # The code: stages 1 and 2 draw their images with the helper.py of 0e40100 (748 fonts: before the font check);
 # stages 1 to 11 train with the main.py of 241d07e (the --augment before stage 12's) and stages 3 to 11 draw with
-# its helper.py; stage 12 runs this checkout. Commands in an old worktree use that commit's flag names.
+# its helper.py; stage 12 runs the main.py and helper.py of 6e4de56 (the last --augment that faded contrast to
+# 0.15). Commands in an old worktree use that commit's flag names.
 set -euo pipefail
 
 die() { echo "rebuild_shipped_model.sh: $*" >&2; exit 2; }
@@ -56,6 +57,7 @@ declare -A model=()   # the model folder of each stage
 for stage in {1..12}; do model[$stage]=$work/stage$stage/model; done
 old=$work/src/0e40100    # stages 1-2: helper.py
 code=$work/src/241d07e   # stages 1-11: main.py; stages 3-11: helper.py
+faint=$work/src/6e4de56  # stage 12: main.py and helper.py
 
 mix60=--renderer=contest:12,captcha07:4,classic:4   # contest generator 60%: stages 8 and 9
 mix70=--renderer=contest:14,captcha07:3,classic:3   # 70%: stages 6, 10, 11 and 12
@@ -237,15 +239,15 @@ stage11() {
   export_to "$code" 11 --checkpoint_dir="$s/checkpoint/contest17" --checkpoint=latest --export_formats=saved_model
 }
 
-stage12() {  # today's helper.py and main.py: the --augment that fades contrast down to 0.15
+stage12() {  # the --augment that fades contrast down to 0.15
   local s=$work/stage12
-  synth "$repo" "$mix70" --blank_share=0.03 --plain_share=0.5 --out_dir="$s/train" --num_images=200000 --seed=201
-  train "$repo" --train_dir="$s/train" --val_dir="$val9" \
+  synth "$faint" "$mix70" --blank_share=0.03 --plain_share=0.5 --out_dir="$s/train" --num_images=200000 --seed=201
+  train "$faint" --train_dir="$s/train" --val_dir="$val9" \
     --checkpoint_dir="$s/checkpoint/contest23" --log_dir="$s/log/contest23" --init_from="${model[11]}" \
     --image_height=48 --image_width=180 --max_stepsize=24 --augment \
     --precision=fp32 --initial_learning_rate=0.0001 --max_steps=5000 --validation_steps=1000 --save_steps=500 \
     --moving_average_decay=0
-  export_to "$repo" 12 --checkpoint_dir="$s/checkpoint/contest23" --checkpoint=latest --export_formats=saved_model
+  export_to "$faint" 12 --checkpoint_dir="$s/checkpoint/contest23" --checkpoint=latest --export_formats=saved_model
 }
 
 # The Debian font packages the shipped stages drew with: with them, helper.py synth logs "drawing with 748 TrueType
@@ -313,6 +315,7 @@ if ((before)) && [[ ! -e ${model[$before]}/checkpoint && -z ${shipped[$before]:-
 fi
 ((from_stage > 2)) || worktree 0e40100
 worktree 241d07e
+worktree 6e4de56
 if ((before)) && [[ ! -e ${model[$before]}/checkpoint ]]; then
   echo "# stage $before: the shipped model of commit ${shipped[$before]}"
   worktree "${shipped[$before]}"

@@ -288,20 +288,20 @@ def test_augmentation_changes_images_but_keeps_shape_type_and_labels(tmp_path):
     assert augmented['images'].shape == plain['images'].shape and augmented['images'].dtype == np.uint8
     assert augmented['labels'].tolist() == plain['labels'].tolist()
     changed = np.abs(augmented['images'].astype(int) - plain['images']).mean(axis=(1, 2, 3)) > 1
-    assert 20 <= changed.sum() < 32  # most images change, some are left as they are
+    assert abs(changed.mean() - ocr.AUGMENTED_SHARE) < 0.2  # that share changes, the others are left as they are
     # the text is still there: no image is washed out to one level (contrast is lowered, never to nothing)
     assert (augmented['images'].reshape(32, -1).std(axis=1) > 3).all()
 
 
-def test_augmentation_fades_some_text_to_faint_but_never_to_nothing():
+def test_augmentation_fades_some_text_but_keeps_it_readable():
     text = np.full((32, 96, 1), 255, np.uint8)
     cv2.putText(text, '1234', (3, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 0, 2)
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         tf.compat.v1.set_random_seed(0)
         augmented = session.run(ocr.augment_images(tf.constant(np.repeat(text[None], 1000, axis=0))))
     contrast = augmented.reshape(1000, -1).std(axis=1) / text.std()
-    assert (contrast < 0.2).sum() >= 10  # faint text, as a pale or faded print shows it
-    assert contrast.min() > 0.05
+    assert (contrast < 0.6).sum() >= 50  # paler text, as a faded print shows it
+    assert contrast.min() > 0.25  # contrast at half at most, strokes, blur and brightness taking a little more
 
 
 def test_warp_without_changes_is_the_identity():

@@ -1,7 +1,11 @@
 """tests/time_to_accuracy.py's arithmetic and its command line (the timed runs themselves are the script's job)."""
+import os
+import re
+
 import pytest
 
 import time_to_accuracy
+from conftest import REPO
 
 
 def test_summary_finds_each_threshold_the_lowest_after_99_and_the_best():
@@ -23,6 +27,13 @@ def test_recipes_are_chosen_by_name_and_added_by_flags(tmp_path):
                             'fast': ['--batch_size=32', '--augment']}
     assert args.renderers == ['rotated', 'contest'] and args.fonts == [str(tmp_path / 'Sans.ttf')]
     assert '--initial_learning_rate=0.001' in args.recipes['original']
+
+
+def test_the_readme_recipe_is_the_own_data_command_of_readme():
+    with open(os.path.join(REPO, 'README.md')) as readme:
+        command = re.search(r'python main.py --mode=train --train_dir=T (.*)', readme.read()).group(1).split()
+    given_by_the_script = ['--val_dir=V', '--charset=C', '--checkpoint_dir=checkpoint/mine', '--max_minutes=20']
+    assert [flag for flag in command if flag not in given_by_the_script] == time_to_accuracy.RECIPES['readme']
 
 
 @pytest.mark.parametrize('flag, named', [('--recipes=readme,fastest', '--recipes: unknown fastest'),

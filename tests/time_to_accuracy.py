@@ -28,7 +28,7 @@ import utils
 
 # The recipes: main.py flags beside the folders. `original` is the original project's training (README's flag set),
 # `readme` the command of README's "Training on your own data".
-RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': []}
+RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': ['--augment']}
 HELPER_RENDERERS = ('classic', 'contest', 'captcha07')  # helper.py --mode=synth --renderer=...
 OTHER_RENDERERS = ('rotated', 'strings', 'captcha')  # tests/other_renderers.py --style=...
 RENDERERS = HELPER_RENDERERS + OTHER_RENDERERS
