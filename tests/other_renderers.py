@@ -14,7 +14,9 @@ rotation or blur, and an image size around the contest's 180x60 (the model resiz
 
 --style=rotated: the same, but each character drawn on its own and turned up to 20 degrees either way, with noise
 dots and lines. --style=captcha: the `captcha` package's ImageCaptcha at 180x60 with its own font (--fonts is not
-used), its randomness drawn from --seed. --style=blank: images without text (plain white, black, grey or
+used), its randomness drawn from --seed. --style=plates: number plates instead of expressions (PLATE_FORMATS, in
+PLATE_CHARSET): dark letters and digits on a white or yellow plate with a border, photographed at a slant (a
+perspective warp), with uneven light, blur, noise and JPEG artefacts, at about 200x55. --style=blank: images without text (plain white, black, grey or
 paper-coloured, or with noise dots and lines only), named `<id>_.png`: the reading should be empty.
 """
 import random
@@ -22,6 +24,7 @@ import argparse
 import os
 import sys
 
+import cv2
 import numpy as np
 from captcha.image import ImageCaptcha
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -35,7 +38,7 @@ def parse_args(argv):
     parser.add_argument('--num_images', type=int, default=100)
     parser.add_argument('--seed', type=int, default=7)
     parser.add_argument('--fonts', nargs='+', default=[], help='TrueType files to draw with')
-    parser.add_argument('--style', default='strings', choices=['strings', 'rotated', 'captcha', 'blank'])
+    parser.add_argument('--style', default='strings', choices=['strings', 'rotated', 'captcha', 'plates', 'blank'])
     return parser.parse_args(argv)
 
 
@@ -110,6 +113,51 @@ def draw_rotated(label, fonts, rng):
     return image
 
 
+PLATE_LETTERS = 'ABCDEFGHJKLMNPRSTUVWXYZ'  # no I, O or Q, as on many countries' plates
+PLATE_FORMATS = ('LL-NNN-LL', 'LLNNLLL', 'NNN-LLL', 'LLL-NNNN', 'NN-LL-NN', 'LNNNLL')  # L a letter, N a digit
+PLATE_CHARSET = '0123456789-' + PLATE_LETTERS
+
+
+def plate_label(rng):
+    """A number plate in one of PLATE_FORMATS."""
+    pattern = PLATE_FORMATS[rng.integers(0, len(PLATE_FORMATS))]
+    return ''.join({'L': PLATE_LETTERS[rng.integers(0, len(PLATE_LETTERS))], 'N': str(rng.integers(0, 10))}.get(
+        part, part) for part in pattern)
+
+
+def draw_plate(label, fonts, rng):
+    """A number plate seen at a slant: the plate drawn flat (border, text), its corners moved inwards by up to 10%
+    of a photo of about 200x55 (a perspective warp that keeps all of it in view), then lit unevenly, sometimes
+    blurred or shrunk and enlarged again, noised and JPEG-compressed."""
+    colour = np.array((255, 255, 255) if rng.random() < 0.6 else (250, 205, 40)) * rng.uniform(0.75, 1.0)
+    ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    plate = Image.new('RGB', (520, 110), tuple(int(v) for v in colour))
+    canvas = ImageDraw.Draw(plate)
+    canvas.rectangle((3, 3, 516, 106), outline=ink, width=int(rng.integers(2, 7)))
+    font = ImageFont.truetype(fonts[rng.integers(0, len(fonts))], int(rng.uniform(62, 84)))
+    left, top, right, bottom = canvas.textbbox((0, 0), label, font=font)
+    while right - left > 480:
+        font = ImageFont.truetype(font.path, font.size - 2)
+        left, top, right, bottom = canvas.textbbox((0, 0), label, font=font)
+    canvas.text(((520 - right - left) // 2, (110 - bottom - top) // 2), label, font=font, fill=ink)
+    width, height = int(rng.integers(180, 231)), int(rng.integers(48, 64))
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    inwards = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * rng.uniform(0, 0.1, (4, 2)) * [width, height]
+    matrix = cv2.getPerspectiveTransform(np.float32([[0, 0], [520, 0], [520, 110], [0, 110]]),
+                                         (corners + inwards).astype(np.float32))
+    surround = tuple(int(v) for v in rng.integers(0, 256, 3))
+    photo = cv2.warpPerspective(np.asarray(plate), matrix, (width, height), borderValue=surround).astype(np.float32)
+    photo *= np.linspace(rng.uniform(0.6, 1.1), rng.uniform(0.6, 1.1), width)[None, :, None]
+    if rng.random() < 0.5:
+        photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2))
+    if rng.random() < 0.3:  # a plate further away
+        small = cv2.resize(photo, None, fx=rng.uniform(0.5, 0.9), fy=rng.uniform(0.5, 0.9), interpolation=cv2.INTER_AREA)
+        photo = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    photo = np.clip(photo + rng.normal(0, rng.uniform(0, 8), photo.shape), 0, 255).astype(np.uint8)
+    jpeg = cv2.imencode('.jpg', photo, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])[1]
+    return Image.fromarray(cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED))
+
+
 class SeededSecrets:
     """The part of the `secrets` module that ImageCaptcha uses, drawn from a seeded generator."""
 
@@ -145,14 +193,15 @@ def draw_blank(rng):
 def main(argv):
     args = parse_args(argv)
     fonts = sorted(args.fonts)
-    if args.style in ('strings', 'rotated') and not fonts:
+    if args.style in ('strings', 'rotated', 'plates') and not fonts:
         raise SystemExit('--style=%s needs --fonts' % args.style)
     os.makedirs(args.out_dir, exist_ok=True)
     for image_id in range(args.num_images):
         rng = np.random.default_rng([args.seed, image_id])
-        label = '' if args.style == 'blank' else contest_expression(rng)
+        label = {'blank': lambda rng: '', 'plates': plate_label}.get(args.style, contest_expression)(rng)
         image = {'strings': lambda: draw(label, fonts, rng), 'rotated': lambda: draw_rotated(label, fonts, rng),
                  'captcha': lambda: draw_captcha(label, args.seed * 1000003 + image_id),
+                 'plates': lambda: draw_plate(label, fonts, rng),
                  'blank': lambda: draw_blank(rng)}[args.style]()
         image.save(os.path.join(args.out_dir, '%d_%s.png' % (image_id, label)), optimize=True)
     print('wrote %d images (%s) to %s' % (args.num_images, args.style, args.out_dir))

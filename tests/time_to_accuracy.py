@@ -24,14 +24,16 @@ import threading
 import time
 
 from conftest import REPO, USER_ENVIRONMENT  # conftest puts the repository on sys.path
+import other_renderers
 import utils
 
 # The recipes: main.py flags beside the folders. `original` is the original project's training (README's flag set),
 # `readme` the command of README's "Training on your own data".
 RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': ['--augment']}
 HELPER_RENDERERS = ('classic', 'contest', 'captcha07')  # helper.py --mode=synth --renderer=...
-OTHER_RENDERERS = ('rotated', 'strings', 'captcha')  # tests/other_renderers.py --style=...
+OTHER_RENDERERS = ('rotated', 'strings', 'captcha', 'plates')  # tests/other_renderers.py --style=...
 RENDERERS = HELPER_RENDERERS + OTHER_RENDERERS
+CHARSETS = {'plates': other_renderers.PLATE_CHARSET}  # main.py's --charset where it is not the contest's
 THRESHOLDS = (0.99, 0.9975)
 VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
 
@@ -42,7 +44,7 @@ def parse_args(argv):
                         help='comma-separated, of: %s (helper.py\'s), %s (tests/other_renderers.py\'s)'
                         % (', '.join(HELPER_RENDERERS), ', '.join(OTHER_RENDERERS)))
     parser.add_argument('--fonts', default='/usr/share/fonts/truetype/dejavu/*.ttf',
-                        help='font files the rotated renderer draws with (a glob)')
+                        help='font files the rotated, strings and plates renderers draw with (a glob)')
     parser.add_argument('--recipes', default=','.join(RECIPES), help='comma-separated, of: %s' % ', '.join(RECIPES))
     parser.add_argument('--flags', action='append', default=[], metavar='NAME=FLAGS',
                         help='one more recipe: a name and main.py flags, e.g. "fast=--batch_size=64 --augment"')
@@ -75,8 +77,9 @@ def parse_args(argv):
         recipes[name] = flags.split()
     args.recipes, args.renderers = recipes, args.renderers.split(',')
     fonts = sorted(glob.glob(args.fonts))
-    if {'rotated', 'strings'} & set(args.renderers) and not fonts:
-        parser.error('--fonts=%s: no font files there (the rotated and strings renderers draw with them)' % args.fonts)
+    if {'rotated', 'strings', 'plates'} & set(args.renderers) and not fonts:
+        parser.error('--fonts=%s: no font files there (the rotated, strings and plates renderers draw with them)'
+                     % args.fonts)
     args.fonts = fonts
     return args
 
@@ -162,7 +165,8 @@ def main(argv):
             for name, flags in args.recipes.items():
                 print('  %s on %s: %s' % (name, renderer, ' '.join(flags)), flush=True)
                 work = os.path.join(work_dir, '%s-%s' % (renderer, name))
-                validations = train(data, work, flags, args)
+                charset = ['--charset=%s' % CHARSETS[renderer]] if renderer in CHARSETS else []
+                validations = train(data, work, charset + flags, args)
                 tested = run('main.py', '--mode=val', '--checkpoint_dir=%s/checkpoint' % work,
                              '--val_dir=%s/test' % data)
                 accuracy = float(re.search(r'accuracy=([0-9.]+)', tested).group(1))
