@@ -16,8 +16,9 @@ rotation or blur, and an image size around the contest's 180x60 (the model resiz
 dots and lines. --style=captcha: the `captcha` package's ImageCaptcha at 180x60 with its own font (--fonts is not
 used), its randomness drawn from --seed. --style=plates: number plates instead of expressions (PLATE_FORMATS, in
 PLATE_CHARSET): dark letters and digits on a white or yellow plate with a border, photographed at a slant (a
-perspective warp), with uneven light, blur, noise and JPEG artefacts, at about 200x55. --style=blank: images without text (plain white, black, grey or
-paper-coloured, or with noise dots and lines only), named `<id>_.png`: the reading should be empty.
+perspective warp), with uneven light, blur, noise and JPEG artefacts, at about 200x55. --style=blank: images without
+text (plain white, black, grey or paper-coloured, or with noise dots and lines only), named `<id>_.png`: the reading
+should be empty.
 """
 import random
 import argparse
@@ -151,7 +152,8 @@ def draw_plate(label, fonts, rng):
     if rng.random() < 0.5:
         photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2))
     if rng.random() < 0.3:  # a plate further away
-        small = cv2.resize(photo, None, fx=rng.uniform(0.5, 0.9), fy=rng.uniform(0.5, 0.9), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(photo, None, fx=rng.uniform(0.5, 0.9), fy=rng.uniform(0.5, 0.9),
+                           interpolation=cv2.INTER_AREA)
         photo = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
     photo = np.clip(photo + rng.normal(0, rng.uniform(0, 8), photo.shape), 0, 255).astype(np.uint8)
     jpeg = cv2.imencode('.jpg', photo, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])[1]

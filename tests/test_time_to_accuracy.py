@@ -2,8 +2,10 @@
 import os
 import re
 
+import numpy as np
 import pytest
 
+import other_renderers
 import time_to_accuracy
 from conftest import REPO
 
@@ -44,3 +46,11 @@ def test_a_bad_recipe_renderer_or_font_is_named_before_anything_is_drawn(flag, n
     with pytest.raises(SystemExit):
         time_to_accuracy.parse_args([flag])
     assert named in capsys.readouterr().err
+
+
+def test_plates_are_labelled_in_their_formats_and_trained_with_their_charset():
+    rng = np.random.default_rng(0)
+    labels = [other_renderers.plate_label(rng) for _ in range(300)]
+    shapes = {re.sub('[0-9]', 'N', re.sub('[A-Z]', 'L', label)) for label in labels}
+    assert shapes == set(other_renderers.PLATE_FORMATS)
+    assert set(''.join(labels)) <= set(time_to_accuracy.CHARSETS['plates']) and not set('IOQ') & set(''.join(labels))
