@@ -16,7 +16,9 @@ rotation or blur, and an image size around the contest's 180x60 (the model resiz
 dots and lines. --style=captcha: the `captcha` package's ImageCaptcha at 180x60 with its own font (--fonts is not
 used), its randomness drawn from --seed. --style=plates: number plates instead of expressions (PLATE_FORMATS, in
 PLATE_CHARSET): dark letters and digits on a white or yellow plate with a border, photographed at a slant (a
-perspective warp), with uneven light, blur, noise and JPEG artefacts, at about 200x55. --style=blank: images without
+perspective warp), with uneven light, blur, noise and JPEG artefacts, at about 200x55. --style=meter: meter
+readings (digits and a decimal point, METER_CHARSET) on a seven-segment display, LCD or LED, drawn without fonts,
+photographed at a slant like the plates, sometimes with a glare. --style=blank: images without
 text (plain white, black, grey or paper-coloured, or with noise dots and lines only), named `<id>_.png`: the reading
 should be empty.
 """
@@ -39,7 +41,7 @@ def parse_args(argv):
     parser.add_argument('--num_images', type=int, default=100)
     parser.add_argument('--seed', type=int, default=7)
     parser.add_argument('--fonts', nargs='+', default=[], help='TrueType files to draw with')
-    parser.add_argument('--style', default='strings', choices=['strings', 'rotated', 'captcha', 'plates', 'blank'])
+    parser.add_argument('--style', default='strings', choices=['strings', 'rotated', 'captcha', 'plates', 'meter', 'blank'])
     return parser.parse_args(argv)
 
 
@@ -160,6 +162,82 @@ def draw_plate(label, fonts, rng):
     return Image.fromarray(cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED))
 
 
+METER_CHARSET = '0123456789.'
+SEGMENTS = {'0': 'abcdef', '1': 'bc', '2': 'abged', '3': 'abgcd', '4': 'fgbc', '5': 'afgcd', '6': 'afgedc',
+            '7': 'abc', '8': 'abcdefg', '9': 'abcdfg'}  # a top, b c right, d bottom, e f left, g middle
+
+
+def meter_label(rng):
+    """A meter reading: 4 to 7 digits, half of them with a decimal point between two of them."""
+    digits = ''.join(str(d) for d in rng.integers(0, 10, int(rng.integers(4, 8))))
+    point = int(rng.integers(1, len(digits)))
+    return digits[:point] + '.' + digits[point:] if rng.random() < 0.5 else digits
+
+
+def segment(name, width, height, thick):
+    """The hexagon of one segment of a digit cell width x height, in the cell's coordinates."""
+    half, gap = thick / 2, 1.5
+    ends = {'a': ((0, 0), (width, 0)), 'g': ((0, height / 2), (width, height / 2)), 'd': ((0, height), (width, height)),
+            'f': ((0, 0), (0, height / 2)), 'b': ((width, 0), (width, height / 2)),
+            'e': ((0, height / 2), (0, height)), 'c': ((width, height / 2), (width, height))}[name]
+    (x0, y0), (x1, y1) = ends
+    if y0 == y1:
+        return [(x0 + gap, y0), (x0 + gap + half, y0 - half), (x1 - gap - half, y0 - half), (x1 - gap, y0),
+                (x1 - gap - half, y0 + half), (x0 + gap + half, y0 + half)]
+    return [(x0, y0 + gap), (x0 + half, y0 + gap + half), (x0 + half, y1 - gap - half), (x0, y1 - gap),
+            (x0 - half, y1 - gap - half), (x0 - half, y0 + gap + half)]
+
+
+def draw_meter(label, rng):
+    """A reading on a seven-segment display: lit segments (and, on some displays, faint unlit ones) drawn at a
+    slant on an LCD (dark on grey-green) or LED display (bright on dark), then photographed like a plate (a
+    perspective warp of up to 8%, uneven light), sometimes with a glare, blurred, noised and JPEG-compressed."""
+    height, thick = 80, rng.uniform(8, 14)
+    width, space, slant = height * rng.uniform(0.45, 0.6), rng.uniform(10, 22), rng.uniform(0, 0.2)
+    digits = label.replace('.', '')
+    lit, ghost = Image.new('L', (int(len(digits) * (width + space) + 60), 120)), rng.uniform(0.05, 0.2)
+    unlit = Image.new('L', lit.size)
+    points = [i - 1 for i, char in enumerate(label) if char == '.']  # the digit each point follows
+    for index, digit in enumerate(digits):
+        left = 30 + index * (width + space)
+        def place(xy):
+            return [(left + x + slant * (height - y), 20 + y) for x, y in xy]
+        for name in 'abcdefg':
+            ImageDraw.Draw(lit if name in SEGMENTS[digit] else unlit).polygon(
+                place(segment(name, width, height, thick)), fill=255)
+        if index in points:
+            ImageDraw.Draw(lit).ellipse((left + width + space / 2 - thick / 2, 20 + height - thick / 2,
+                                         left + width + space / 2 + thick / 2, 20 + height + thick / 2), fill=255)
+    shape = np.asarray(lit, np.float32) / 255 + ghost * (rng.random() < 0.5) * np.asarray(unlit, np.float32) / 255
+    lcd = rng.random() < 0.7
+    back = np.array([170, 190, 160] if lcd else [20, 20, 25]) * rng.uniform(0.7, 1.1, 3)
+    ink = np.array([30, 35, 30] if lcd else [(255, 40, 30), (60, 255, 80), (80, 200, 255)][rng.integers(0, 3)])
+    if not lcd:  # an LED's glow
+        shape = np.maximum(shape, 0.5 * cv2.GaussianBlur(shape, (0, 0), 4))
+    display = back + shape[..., None] * (ink - back)
+    photo_width, photo_height = int(rng.integers(170, 241)), int(rng.integers(50, 71))
+    corners = np.float32([[0, 0], [photo_width, 0], [photo_width, photo_height], [0, photo_height]])
+    inwards = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * rng.uniform(0, 0.08, (4, 2)) * [photo_width,
+                                                                                                  photo_height]
+    high, wide = display.shape[:2]
+    matrix = cv2.getPerspectiveTransform(np.float32([[0, 0], [wide, 0], [wide, high], [0, high]]),
+                                         (corners + inwards).astype(np.float32))
+    bezel = tuple(float(v) for v in rng.integers(0, 90, 3))
+    photo = cv2.warpPerspective(display.astype(np.float32), matrix, (photo_width, photo_height),
+                                flags=cv2.INTER_AREA, borderValue=bezel)
+    photo *= np.linspace(rng.uniform(0.6, 1.1), rng.uniform(0.6, 1.1), photo_width)[None, :, None]
+    if rng.random() < 0.3:  # a glare across the glass
+        x, y = np.meshgrid(np.arange(photo_width), np.arange(photo_height))
+        centre, size = rng.uniform(0, photo_width), rng.uniform(0.1, 0.3) * photo_width
+        photo += rng.uniform(40, 110) * np.exp(-((x - centre) / size) ** 2 - ((y - photo_height / 2) / photo_height)
+                                              ** 2)[..., None]
+    if rng.random() < 0.5:
+        photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2))
+    photo = np.clip(photo + rng.normal(0, rng.uniform(0, 8), photo.shape), 0, 255).astype(np.uint8)
+    jpeg = cv2.imencode('.jpg', photo, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])[1]
+    return Image.fromarray(cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED))
+
+
 class SeededSecrets:
     """The part of the `secrets` module that ImageCaptcha uses, drawn from a seeded generator."""
 
@@ -200,10 +278,10 @@ def main(argv):
     os.makedirs(args.out_dir, exist_ok=True)
     for image_id in range(args.num_images):
         rng = np.random.default_rng([args.seed, image_id])
-        label = {'blank': lambda rng: '', 'plates': plate_label}.get(args.style, contest_expression)(rng)
+        label = {'blank': lambda rng: '', 'plates': plate_label, 'meter': meter_label}.get(args.style, contest_expression)(rng)
         image = {'strings': lambda: draw(label, fonts, rng), 'rotated': lambda: draw_rotated(label, fonts, rng),
                  'captcha': lambda: draw_captcha(label, args.seed * 1000003 + image_id),
-                 'plates': lambda: draw_plate(label, fonts, rng),
+                 'plates': lambda: draw_plate(label, fonts, rng), 'meter': lambda: draw_meter(label, rng),
                  'blank': lambda: draw_blank(rng)}[args.style]()
         image.save(os.path.join(args.out_dir, '%d_%s.png' % (image_id, label)), optimize=True)
     print('wrote %d images (%s) to %s' % (args.num_images, args.style, args.out_dir))

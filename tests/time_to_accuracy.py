@@ -31,9 +31,9 @@ import utils
 # `readme` the command of README's "Training on your own data".
 RECIPES = {'original': list(utils.ORIGINAL_FLAGS), 'readme': ['--augment']}
 HELPER_RENDERERS = ('classic', 'contest', 'captcha07')  # helper.py --mode=synth --renderer=...
-OTHER_RENDERERS = ('rotated', 'strings', 'captcha', 'plates')  # tests/other_renderers.py --style=...
+OTHER_RENDERERS = ('rotated', 'strings', 'captcha', 'plates', 'meter')  # tests/other_renderers.py --style=...
 RENDERERS = HELPER_RENDERERS + OTHER_RENDERERS
-CHARSETS = {'plates': other_renderers.PLATE_CHARSET}  # main.py's --charset where it is not the contest's
+CHARSETS = {'plates': other_renderers.PLATE_CHARSET, 'meter': other_renderers.METER_CHARSET}  # main.py's --charset where it is not the contest's
 THRESHOLDS = (0.99, 0.9975)
 VALIDATION = re.compile(r'^step (\d+): validation accuracy ([0-9.]+)')
 
@@ -101,7 +101,8 @@ def draw(folder, renderer, args):
             continue
         common = ['--out_dir=%s' % out_dir, '--num_images=%d' % count, '--seed=%d' % (args.seed + offset)]
         if renderer in OTHER_RENDERERS:
-            run(os.path.join('tests', 'other_renderers.py'), '--style=%s' % renderer, *common, '--fonts', *args.fonts)
+            fonts = ['--fonts', *args.fonts] if args.fonts else []
+            run(os.path.join('tests', 'other_renderers.py'), '--style=%s' % renderer, *common, *fonts)
         else:
             run('helper.py', '--mode=synth', '--renderer=%s' % renderer, *common)
 
