@@ -41,7 +41,8 @@ def parse_args(argv):
     parser.add_argument('--num_images', type=int, default=100)
     parser.add_argument('--seed', type=int, default=7)
     parser.add_argument('--fonts', nargs='+', default=[], help='TrueType files to draw with')
-    parser.add_argument('--style', default='strings', choices=['strings', 'rotated', 'captcha', 'plates', 'meter', 'blank'])
+    parser.add_argument('--style', default='strings',
+                        choices=['strings', 'rotated', 'captcha', 'plates', 'meter', 'blank'])
     return parser.parse_args(argv)
 
 
@@ -144,16 +145,33 @@ def draw_plate(label, fonts, rng):
         left, top, right, bottom = canvas.textbbox((0, 0), label, font=font)
     canvas.text(((520 - right - left) // 2, (110 - bottom - top) // 2), label, font=font, fill=ink)
     width, height = int(rng.integers(180, 231)), int(rng.integers(48, 64))
+    photo = at_a_slant(np.asarray(plate), width, height, 0.1, 256, rng)
+    return camera(photo, rng, further=True)
+
+
+def at_a_slant(flat, width, height, most, surround, rng, interpolation=cv2.INTER_LINEAR):
+    """A flat RGB picture photographed at a slant: its corners moved inwards by up to `most` of a float32 photo
+    width x height (a perspective warp that keeps all of it in view), a random colour below `surround` around it,
+    lit unevenly from left to right."""
     corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
-    inwards = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * rng.uniform(0, 0.1, (4, 2)) * [width, height]
-    matrix = cv2.getPerspectiveTransform(np.float32([[0, 0], [520, 0], [520, 110], [0, 110]]),
+    inwards = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * rng.uniform(0, most, (4, 2)) * [width, height]
+    high, wide = flat.shape[:2]
+    matrix = cv2.getPerspectiveTransform(np.float32([[0, 0], [wide, 0], [wide, high], [0, high]]),
                                          (corners + inwards).astype(np.float32))
-    surround = tuple(int(v) for v in rng.integers(0, 256, 3))
-    photo = cv2.warpPerspective(np.asarray(plate), matrix, (width, height), borderValue=surround).astype(np.float32)
+    border = tuple(int(v) for v in rng.integers(0, surround, 3))
+    photo = cv2.warpPerspective(flat, matrix, (width, height), flags=interpolation, borderValue=border)
+    photo = photo.astype(np.float32)
     photo *= np.linspace(rng.uniform(0.6, 1.1), rng.uniform(0.6, 1.1), width)[None, :, None]
+    return photo
+
+
+def camera(photo, rng, further=False):
+    """A float32 photo as a camera gives it: sometimes blurred (further: or shrunk and enlarged again, as from
+    further away), noised and JPEG-compressed; a PIL image."""
     if rng.random() < 0.5:
         photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2))
-    if rng.random() < 0.3:  # a plate further away
+    if further and rng.random() < 0.3:
+        height, width = photo.shape[:2]
         small = cv2.resize(photo, None, fx=rng.uniform(0.5, 0.9), fy=rng.uniform(0.5, 0.9),
                            interpolation=cv2.INTER_AREA)
         photo = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -188,10 +206,9 @@ def segment(name, width, height, thick):
             (x0 - half, y1 - gap - half), (x0 - half, y0 + gap + half)]
 
 
-def draw_meter(label, rng):
-    """A reading on a seven-segment display: lit segments (and, on some displays, faint unlit ones) drawn at a
-    slant on an LCD (dark on grey-green) or LED display (bright on dark), then photographed like a plate (a
-    perspective warp of up to 8%, uneven light), sometimes with a glare, blurred, noised and JPEG-compressed."""
+def seven_segments(label, rng):
+    """A float32 RGB picture of the reading on a seven-segment display, its digits at a slant: an LCD (dark on
+    grey-green) or an LED display (bright, glowing, on dark); half the displays show their unlit segments faintly."""
     height, thick = 80, rng.uniform(8, 14)
     width, space, slant = height * rng.uniform(0.45, 0.6), rng.uniform(10, 22), rng.uniform(0, 0.2)
     digits = label.replace('.', '')
@@ -200,11 +217,9 @@ def draw_meter(label, rng):
     points = [i - 1 for i, char in enumerate(label) if char == '.']  # the digit each point follows
     for index, digit in enumerate(digits):
         left = 30 + index * (width + space)
-        def place(xy):
-            return [(left + x + slant * (height - y), 20 + y) for x, y in xy]
         for name in 'abcdefg':
             ImageDraw.Draw(lit if name in SEGMENTS[digit] else unlit).polygon(
-                place(segment(name, width, height, thick)), fill=255)
+                [(left + x + slant * (height - y), 20 + y) for x, y in segment(name, width, height, thick)], fill=255)
         if index in points:
             ImageDraw.Draw(lit).ellipse((left + width + space / 2 - thick / 2, 20 + height - thick / 2,
                                          left + width + space / 2 + thick / 2, 20 + height + thick / 2), fill=255)
@@ -214,28 +229,21 @@ def draw_meter(label, rng):
     ink = np.array([30, 35, 30] if lcd else [(255, 40, 30), (60, 255, 80), (80, 200, 255)][rng.integers(0, 3)])
     if not lcd:  # an LED's glow
         shape = np.maximum(shape, 0.5 * cv2.GaussianBlur(shape, (0, 0), 4))
-    display = back + shape[..., None] * (ink - back)
-    photo_width, photo_height = int(rng.integers(170, 241)), int(rng.integers(50, 71))
-    corners = np.float32([[0, 0], [photo_width, 0], [photo_width, photo_height], [0, photo_height]])
-    inwards = np.float32([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * rng.uniform(0, 0.08, (4, 2)) * [photo_width,
-                                                                                                  photo_height]
-    high, wide = display.shape[:2]
-    matrix = cv2.getPerspectiveTransform(np.float32([[0, 0], [wide, 0], [wide, high], [0, high]]),
-                                         (corners + inwards).astype(np.float32))
-    bezel = tuple(float(v) for v in rng.integers(0, 90, 3))
-    photo = cv2.warpPerspective(display.astype(np.float32), matrix, (photo_width, photo_height),
-                                flags=cv2.INTER_AREA, borderValue=bezel)
-    photo *= np.linspace(rng.uniform(0.6, 1.1), rng.uniform(0.6, 1.1), photo_width)[None, :, None]
-    if rng.random() < 0.3:  # a glare across the glass
-        x, y = np.meshgrid(np.arange(photo_width), np.arange(photo_height))
-        centre, size = rng.uniform(0, photo_width), rng.uniform(0.1, 0.3) * photo_width
-        photo += rng.uniform(40, 110) * np.exp(-((x - centre) / size) ** 2 - ((y - photo_height / 2) / photo_height)
-                                              ** 2)[..., None]
-    if rng.random() < 0.5:
-        photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2))
-    photo = np.clip(photo + rng.normal(0, rng.uniform(0, 8), photo.shape), 0, 255).astype(np.uint8)
-    jpeg = cv2.imencode('.jpg', photo, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])[1]
-    return Image.fromarray(cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED))
+    return (back + shape[..., None] * (ink - back)).astype(np.float32)
+
+
+def draw_meter(label, rng):
+    """A meter's display photographed like a plate (a perspective warp of up to 8% in a dark bezel, uneven light),
+    sometimes with a glare across the glass, then as a camera gives it: about 200x60."""
+    display = seven_segments(label, rng)
+    width, height = int(rng.integers(170, 241)), int(rng.integers(50, 71))
+    photo = at_a_slant(display, width, height, 0.08, 90, rng, cv2.INTER_AREA)
+    if rng.random() < 0.3:
+        x, y = np.meshgrid(np.arange(width), np.arange(height))
+        centre, size = rng.uniform(0, width), rng.uniform(0.1, 0.3) * width
+        glare = np.exp(-((x - centre) / size) ** 2 - ((y - height / 2) / height) ** 2)
+        photo += rng.uniform(40, 110) * glare[..., None]
+    return camera(photo, rng)
 
 
 class SeededSecrets:
@@ -278,7 +286,8 @@ def main(argv):
     os.makedirs(args.out_dir, exist_ok=True)
     for image_id in range(args.num_images):
         rng = np.random.default_rng([args.seed, image_id])
-        label = {'blank': lambda rng: '', 'plates': plate_label, 'meter': meter_label}.get(args.style, contest_expression)(rng)
+        label = {'blank': lambda rng: '', 'plates': plate_label, 'meter': meter_label}.get(
+            args.style, contest_expression)(rng)
         image = {'strings': lambda: draw(label, fonts, rng), 'rotated': lambda: draw_rotated(label, fonts, rng),
                  'captcha': lambda: draw_captcha(label, args.seed * 1000003 + image_id),
                  'plates': lambda: draw_plate(label, fonts, rng), 'meter': lambda: draw_meter(label, rng),

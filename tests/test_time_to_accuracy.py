@@ -54,3 +54,19 @@ def test_plates_are_labelled_in_their_formats_and_trained_with_their_charset():
     shapes = {re.sub('[0-9]', 'N', re.sub('[A-Z]', 'L', label)) for label in labels}
     assert shapes == set(other_renderers.PLATE_FORMATS)
     assert set(''.join(labels)) <= set(time_to_accuracy.CHARSETS['plates']) and not set('IOQ') & set(''.join(labels))
+
+
+def test_meter_readings_are_4_to_7_digits_with_at_most_one_inner_point_and_trained_with_their_charset():
+    rng = np.random.default_rng(0)
+    labels = [other_renderers.meter_label(rng) for _ in range(300)]
+    assert all(re.fullmatch(r'[0-9]+(\.[0-9]+)?', label) and 4 <= len(label.replace('.', '')) <= 7
+               for label in labels)
+    assert 0.3 < np.mean(['.' in label for label in labels]) < 0.7
+    assert set(''.join(labels)) <= set(time_to_accuracy.CHARSETS['meter'])
+
+
+def test_a_meter_image_shows_its_reading_darker_or_brighter_than_the_display():
+    image = np.asarray(other_renderers.draw_meter('8888', np.random.default_rng(1)).convert('L'), np.float32)
+    blank = np.asarray(other_renderers.draw_meter('1111', np.random.default_rng(1)).convert('L'), np.float32)
+    assert 150 <= image.shape[1] <= 250 and 45 <= image.shape[0] <= 75
+    assert np.abs(image - blank).mean() > 5  # the same display and light: only the lit segments differ
