@@ -808,7 +808,8 @@ def image_dataset(images, batch_size, shuffle=False, seed=0, repeat=1, keep_unre
     The graph holds image numbers (shuffled as the names themselves would be), never the names, which TensorFlow
     would copy at every graph optimisation and checkpoint; a batch of numbers is read in one Python call, batches
     in parallel. Unreadable images are dropped unless keep_unreadable, when they come as zeros with ok False. The
-    last batch is kept even when partial. With augment, every batch goes through augment_images (training only).
+    last batch is kept even when partial. With augment, every batch also carries its images through augment_images
+    (`augmented`), which ramped_augmentation mixes in (training only).
     """
     def read(indices):
         outputs = tf.numpy_function(images.read, [indices], [tf.uint8, tf.bool, tf.string, tf.string, tf.int32],
@@ -827,14 +828,15 @@ def image_dataset(images, batch_size, shuffle=False, seed=0, repeat=1, keep_unre
         dataset = dataset.filter(lambda image: image['ok'])
     dataset = dataset.batch(batch_size)
     if augment:
-        dataset = dataset.map(lambda batch: dict(batch, images=augment_images(batch['images'])),
+        dataset = dataset.map(lambda batch: dict(batch, augmented=augment_images(batch['images'])),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 # --- augmentation ------------------------------------------------------------
-# Each change is drawn per image and left out for a random share of them; AUGMENTED_SHARE of the images are
-# changed at all, so that the model also keeps seeing images as they are. Every change keeps the text readable: the
+# Each change is drawn per image and left out for a random share of them. Training takes the changed images in a
+# share that rises from none to AUGMENTED_SHARE over the first half of the schedule: the model first learns the
+# images as they are, quickly, then is kept from learning them by heart. Every change keeps the text readable: the
 # image only shrinks or moves a little (text that fills it is not cut off at an edge), strokes thin or thicken by a
 # pixel, contrast falls to half at most (faint text does not vanish).
 
@@ -901,8 +903,14 @@ def augment_images(images):
     pixels = mean + (pixels - mean) * contrast                             # after the clip: fading keeps the text
     noise = per_image(batch_size, 0.01, 0.04, 0.3)[:, None, None, None]
     pixels += noise * tf.random.normal(tf.shape(pixels))
-    augmented = tf.cast(tf.round(tf.clip_by_value(pixels, 0, 1) * 255), tf.uint8)
-    return choose(tf.random.uniform([batch_size]) < AUGMENTED_SHARE, augmented, images)
+    return tf.cast(tf.round(tf.clip_by_value(pixels, 0, 1) * 255), tf.uint8)
+
+
+def ramped_augmentation(batch, global_step, schedule_end):
+    """The images of a training batch of image_dataset(augment=True), a random share of them replaced by their
+    augmented copies: AUGMENTED_SHARE from half of schedule_end on, rising linearly from 0 until then."""
+    share = AUGMENTED_SHARE * tf.minimum(1.0, tf.cast(global_step, tf.float32) / (schedule_end / 2))
+    return choose(tf.random.uniform([tf.shape(batch['images'])[0]]) < share, batch['augmented'], batch['images'])
 
 
 def decode_image_bytes(encoded, height, width, channels, max_pixels):

@@ -536,6 +536,8 @@ def train(task):
         global_step = v1.train.get_or_create_global_step()
         schedule = FittedSchedule()
         batch = v1.data.make_one_shot_iterator(ocr.batches_for_towers(train_data, len(devices))).get_next()
+        if FLAGS.augment:
+            batch['images'] = ocr.ramped_augmentation(batch, global_step, schedule.end)
         cluster = (replication.devices(), task.replicas if FLAGS.sync_replicas else 0) if replication else ()
         training, opt, averages = ocr.training_graph(arch, batch, hyperparameters(schedule.end), global_step, devices,
                                                      *cluster)

@@ -91,8 +91,9 @@ flags.DEFINE_integer('validation_steps', 500, 'validate on val_dir every this ma
 flags.DEFINE_integer('save_steps', 1000, 'save a checkpoint every this many steps', lower_bound=1, upper_bound=STEPS)
 flags.DEFINE_integer('seed', 0, 'random seed of weights, shuffling and dropout; helper.py: of the split and the images',
                      lower_bound=0, upper_bound=2 ** 31 - 1)
-flags.DEFINE_boolean('augment', False, 'train: change each training image at random (strokes, warp, blur, contrast, '
-                     'brightness, colour, noise) in the input pipeline; never in val or infer')
+flags.DEFINE_boolean('augment', False, 'train: change training images at random (strokes, warp, blur, contrast, '
+                     'brightness, colour, noise), a share rising from none to 60% over the first half of the '
+                     'learning-rate schedule; never in val or infer')
 flags.DEFINE_float('output_keep_prob', 0.8, 'keep probability of the RNN output dropout (training only)',
                    lower_bound=0, upper_bound=1)
 
